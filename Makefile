@@ -1,0 +1,74 @@
+# slmpack developer entry points. Every target installs what it needs on a fresh machine.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+VPY := $(VENV)/bin/python
+SLMPACK_CACHE ?= $(HOME)/.cache/slmpack
+export SLMPACK_CACHE
+
+# The venv is rebuilt only when pyproject.toml changes (stamp file).
+VENV_STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
+
+.PHONY: help
+help: ## List targets
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
+
+$(VENV_STAMP): pyproject.toml
+	@echo ">> creating the project venv in $(VENV)"
+	$(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install --quiet --upgrade pip
+	$(VPY) -m pip install --quiet -e '.[dev]'
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+.PHONY: venv
+venv: $(VENV_STAMP) ## Create the project venv with all dependencies
+
+.PHONY: lint
+lint: venv ## ruff check + ruff format --check + import contracts
+	$(VENV)/bin/ruff check operator tests bench hack
+	$(VENV)/bin/ruff format --check operator tests bench hack
+	cd operator && ../$(VENV)/bin/lint-imports --config ../pyproject.toml
+
+.PHONY: typecheck
+typecheck: venv ## mypy --strict on the package
+	$(VENV)/bin/mypy --strict operator/slmpack
+
+.PHONY: tools
+tools: ## Build (or reuse) the pinned control-plane binaries into $(SLMPACK_CACHE)/bin
+	bash hack/build-tools.sh
+
+.PHONY: unit
+unit: venv ## Unit tests only (no cluster)
+	$(VPY) -m pytest tests/unit -q
+
+.PHONY: test
+test: venv lint typecheck tools ## Everything CI runs: lint, types, unit and cluster tests
+	$(VPY) -m pytest -q
+
+.PHONY: cluster-up
+cluster-up: venv tools ## Start the local control plane with kwok GPU nodes; prints the KUBECONFIG export last
+	$(VENV)/bin/slmpack dev-cluster up
+
+.PHONY: cluster-down
+cluster-down: venv ## Stop the local control plane started by cluster-up
+	$(VENV)/bin/slmpack dev-cluster down
+
+.PHONY: test-kind
+test-kind: venv ## Cluster tests on kind (needs Docker and kind; not part of `make test`)
+	bash hack/kind/test-kind.sh
+
+.PHONY: demo
+demo: venv ## The main job: plan the packing of a small model on an H100
+	$(VENV)/bin/slmpack plan --model opt-1.3b --gpu NVIDIA-H100-80GB-HBM3 --objective Throughput
+
+.PHONY: bench
+bench: venv ## Run the benchmarks under bench/ (writes bench/results/)
+	$(VPY) bench/packing.py
+
+.PHONY: clean
+clean: ## Remove the venv and caches in the repo (not the binary cache)
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

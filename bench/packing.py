@@ -1,0 +1,413 @@
+"""Fleet-packing benchmark: heuristic quality against the exact MILP, and heuristic speed.
+
+Writes bench/results/packing.json (schema_version, git SHA, hardware, parameters, results) and
+bench/results/packing.md. It never passes or fails; goals are reported next to the numbers.
+
+    .venv/bin/python bench/packing.py            # full run, a few minutes on 2 cores
+    .venv/bin/python bench/packing.py --quick    # smoke run
+
+1. Quality: seeded random small fleets (a whole-GPU H100 pool, an L4 pool and a MIG-partitioned
+   A100 pool) with 3-6 models whose replica options have realistic sizes (2-40 GB, compute
+   share 0.1-1.0). Heuristic GPU count / MILP optimum per instance: mean and worst.
+2. Speed: the heuristic on 2,000 GPUs and about 10,000 replicas, median of several runs,
+   against a naive baseline (first fit of individual replicas, each model on its best option)
+   measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import random
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from slmpack.planner.binpack import (
+    COMPUTE_SHARE_TOLERANCE,
+    GpuPool,
+    ModelDemand,
+    PackingProblem,
+    PackingResult,
+    ReplicaOption,
+    pack_heuristic,
+    pack_milp,
+)
+
+SCHEMA_VERSION = 1
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+GB = 10**9
+
+# A100-80GB MIG layouts (NVIDIA MIG user guide, "A100 MIG profiles" table): a mix an operator
+# might allow, from one big instance down to seven small ones.
+A100_LAYOUTS: tuple[tuple[str, ...], ...] = (
+    ("7g.80gb",),
+    ("4g.40gb", "3g.40gb"),
+    ("3g.40gb", "3g.40gb"),
+    ("3g.40gb", "2g.20gb", "1g.10gb", "1g.10gb"),
+    ("2g.20gb", "2g.20gb", "2g.20gb", "1g.10gb"),
+    ("1g.10gb",) * 7,
+)
+MIG_PROFILE_BYTES = {
+    "1g.10gb": 10 * GB,
+    "2g.20gb": 20 * GB,
+    "3g.40gb": 40 * GB,
+    "4g.40gb": 40 * GB,
+    "7g.80gb": 80 * GB,
+}
+
+
+@dataclass(frozen=True)
+class Product:
+    """Rough datasheet ratios; only their relations matter for packing."""
+
+    name: str
+    memory_bytes: int
+    idle_watts: float
+    busy_watts: float
+    speed_ratio: float  # decode throughput relative to H100 (memory bandwidth ratio)
+
+
+H100 = Product("NVIDIA-H100-80GB-HBM3", 80 * GB, 70.0, 700.0, 1.0)
+L4 = Product("NVIDIA-L4", 24 * GB, 16.0, 72.0, 0.09)
+A100 = Product("NVIDIA-A100-SXM4-80GB", 80 * GB, 50.0, 400.0, 0.6)
+
+
+def model_options(
+    rng: random.Random, name: str, weights_bytes: int, products: Sequence[Product]
+) -> list[ReplicaOption]:
+    """Two to three engine configurations per product (small/medium/large KV cache).
+
+    Bigger KV caches allow bigger batches: more tokens/s within the SLO, more compute share.
+    """
+    options: list[ReplicaOption] = []
+    base_tokens_per_s = 2.0e12 / max(weights_bytes, 1)  # decode is bandwidth-bound: ~1/size
+    for product in products:
+        for kv_level in rng.sample((1, 2, 4), k=rng.choice((2, 3))):
+            kv_bytes = int(weights_bytes * 0.25 * kv_level) + 1 * GB
+            memory_bytes = weights_bytes + kv_bytes
+            if memory_bytes > product.memory_bytes or memory_bytes > 40 * GB:
+                continue
+            share = min(1.0, round(0.1 + 0.12 * kv_level + weights_bytes / (60 * GB), 3))
+            tokens = base_tokens_per_s * product.speed_ratio * share**0.7 * rng.uniform(0.9, 1.1)
+            watts = (product.busy_watts - product.idle_watts) * share
+            options.append(
+                ReplicaOption(name, product.name, memory_bytes, share, tokens, round(watts, 1))
+            )
+    return options
+
+
+def mig_options(rng: random.Random, name: str, weights_bytes: int) -> list[ReplicaOption]:
+    """One option per A100 MIG profile the replica fits, tokens/s ∝ compute slices."""
+    options: list[ReplicaOption] = []
+    base_tokens_per_s = 2.0e12 / max(weights_bytes, 1) * A100.speed_ratio
+    for profile, profile_bytes in MIG_PROFILE_BYTES.items():
+        memory_bytes = weights_bytes + 1 * GB
+        if memory_bytes > profile_bytes:
+            continue
+        slices = int(profile.split("g.")[0])
+        # A slice gets its own bandwidth share; small instances lose a bit to fixed overhead.
+        tokens = base_tokens_per_s * (slices / 7) ** 0.9 * rng.uniform(0.9, 1.1)
+        watts = (A100.busy_watts - A100.idle_watts) * slices / 7
+        options.append(
+            ReplicaOption(name, A100.name, memory_bytes, 1.0, tokens, round(watts, 1), profile)
+        )
+    return options
+
+
+def small_instance(seed: int) -> PackingProblem:
+    """A MILP-sized fleet: optimum typically 4-14 GPUs."""
+    rng = random.Random(seed)
+    pools = (
+        GpuPool("h100", H100.name, 8, H100.memory_bytes, H100.idle_watts),
+        GpuPool("l4", L4.name, 10, L4.memory_bytes, L4.idle_watts),
+        GpuPool("a100-mig", A100.name, 6, A100.memory_bytes, A100.idle_watts, A100_LAYOUTS),
+    )
+    options: list[ReplicaOption] = []
+    demands: list[ModelDemand] = []
+    for i in range(rng.randint(3, 6)):
+        name = f"m{i}"
+        weights_bytes = int(rng.uniform(1.0, 28.0) * GB)
+        products = [p for p in (H100, L4) if rng.random() < 0.8] or [H100]
+        opts = model_options(rng, name, weights_bytes, products)
+        if rng.random() < 0.6:
+            opts += mig_options(rng, name, weights_bytes)
+        if not opts:
+            continue
+        options += opts
+        best = max(o.tokens_per_s for o in opts)
+        demands.append(ModelDemand(name, round(best * rng.uniform(0.5, 6.0), 1)))
+    return PackingProblem(pools, tuple(options), tuple(demands))
+
+
+def large_instance(seed: int, gpus: int = 2000, models: int = 100) -> PackingProblem:
+    """2,000 GPUs in four pools, `models` models; demand sized to about 10,000 replicas."""
+    rng = random.Random(seed)
+    quarter = gpus // 4
+    pools = (
+        GpuPool("h100-a", H100.name, quarter, H100.memory_bytes, H100.idle_watts),
+        GpuPool("h100-b", H100.name, quarter, H100.memory_bytes, H100.idle_watts),
+        GpuPool("l4", L4.name, quarter, L4.memory_bytes, L4.idle_watts),
+        GpuPool("a100-mig", A100.name, gpus - 3 * quarter, A100.memory_bytes, 50.0, A100_LAYOUTS),
+    )
+    options: list[ReplicaOption] = []
+    demands: list[ModelDemand] = []
+    for i in range(models):
+        name = f"m{i}"
+        weights_bytes = int(rng.uniform(1.0, 16.0) * GB)
+        opts = model_options(rng, name, weights_bytes, (H100, L4))
+        opts += mig_options(rng, name, weights_bytes)
+        options += opts
+        # ~100 replicas per model of its typical option.
+        typical = statistics.median(o.tokens_per_s for o in opts)
+        demands.append(ModelDemand(name, round(typical * rng.uniform(50, 150), 1)))
+    return PackingProblem(pools, tuple(options), tuple(demands))
+
+
+def naive_first_fit(problem: PackingProblem) -> int:
+    """Baseline: each model on its highest tokens-per-GPU-fraction whole-GPU option, replicas
+    one by one, first fit over a list of GPUs. Returns GPUs used (unbounded pools)."""
+    pools = {p.product: p for p in problem.pools if not p.mig_layouts}
+    best: dict[str, ReplicaOption] = {}
+    for opt in problem.options:
+        pool = pools.get(opt.product)
+        if opt.mig_profile is not None or pool is None or opt.memory_bytes > pool.memory_bytes:
+            continue
+        eff = opt.tokens_per_s / max(opt.memory_bytes / pool.memory_bytes, opt.compute_share)
+        cur = best.get(opt.model)
+        if cur is None:
+            best[opt.model] = opt
+            continue
+        cur_pool = pools[cur.product]
+        cur_eff = cur.tokens_per_s / max(
+            cur.memory_bytes / cur_pool.memory_bytes, cur.compute_share
+        )
+        if eff > cur_eff:
+            best[opt.model] = opt
+    gpus: list[list[Any]] = []  # [product, memory free, compute free]
+    for demand in problem.demands:
+        opt = best[demand.model]
+        for _ in range(math.ceil(demand.tokens_per_s / opt.tokens_per_s)):
+            for gpu in gpus:
+                if (
+                    gpu[0] == opt.product
+                    and gpu[1] >= opt.memory_bytes
+                    and gpu[2] + COMPUTE_SHARE_TOLERANCE >= opt.compute_share
+                ):
+                    gpu[1] -= opt.memory_bytes
+                    gpu[2] -= opt.compute_share
+                    break
+            else:
+                pool = pools[opt.product]
+                gpus.append(
+                    [opt.product, pool.memory_bytes - opt.memory_bytes, 1.0 - opt.compute_share]
+                )
+    return len(gpus)
+
+
+def replicas(result: PackingResult) -> int:
+    return sum(p.replicas for p in result.placements)
+
+
+def quality_case(seed: int, time_limit_s: float) -> dict[str, Any]:
+    problem = small_instance(seed)
+    heuristic = pack_heuristic(problem)
+    exact = pack_milp(problem, time_limit_s=time_limit_s)
+    return {
+        "seed": seed,
+        "models": len(problem.demands),
+        "options": len(problem.options),
+        "heuristic_gpus": heuristic.gpus_used,
+        "heuristic_energy_watts": round(heuristic.energy_watts, 1),
+        "heuristic_feasible": heuristic.feasible,
+        "milp_gpus": exact.gpus_used,
+        "milp_energy_watts": round(exact.energy_watts, 1),
+        "milp_feasible": exact.feasible,
+        "milp_optimal": exact.optimal,
+        "milp_gpus_lower_bound": exact.gpus_lower_bound,
+    }
+
+
+def timed(fn: Any, *args: Any) -> tuple[float, Any]:
+    start = time.perf_counter()
+    out = fn(*args)
+    return time.perf_counter() - start, out
+
+
+def git_sha() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, timeout=10
+        )
+        sha = out.stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain"], capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+        return f"{sha}-dirty" if dirty else sha
+    except (OSError, subprocess.SubprocessError):
+        return "unknown (no commit yet)"
+
+
+def hardware() -> dict[str, Any]:
+    model_name = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model_name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu_count": os.cpu_count(),
+        "cpu_model": model_name,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--instances", type=int, default=200)
+    parser.add_argument("--milp-time-limit-s", type=float, default=20.0)
+    parser.add_argument("--timing-runs", type=int, default=7)
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--quick", action="store_true", help="20 instances, 3 timing runs")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.instances, args.timing_runs = 20, 3
+
+    started = time.perf_counter()
+    seeds = list(range(args.instances))
+    with ProcessPoolExecutor(max_workers=args.workers) as pool:
+        cases = list(pool.map(quality_case, seeds, [args.milp_time_limit_s] * len(seeds)))
+    quality_s = time.perf_counter() - started
+
+    comparable = [c for c in cases if c["milp_optimal"] and c["heuristic_feasible"]]
+    ratios = [c["heuristic_gpus"] / c["milp_gpus"] for c in comparable]
+    energy_ratios = [
+        c["heuristic_energy_watts"] / c["milp_energy_watts"]
+        for c in comparable
+        if c["heuristic_gpus"] == c["milp_gpus"]
+    ]
+    quality = {
+        "instances": len(cases),
+        "milp_optimal": sum(c["milp_optimal"] for c in cases),
+        "feasible_instances": sum(c["milp_feasible"] for c in cases),
+        "compared": len(comparable),
+        "heuristic_matches_optimum": sum(r == 1.0 for r in ratios),
+        "gpu_ratio_mean": round(statistics.fmean(ratios), 4) if ratios else None,
+        "gpu_ratio_worst": round(max(ratios), 4) if ratios else None,
+        "energy_ratio_mean_when_gpus_equal": (
+            round(statistics.fmean(energy_ratios), 4) if energy_ratios else None
+        ),
+        "milp_gpus_mean": round(statistics.fmean(c["milp_gpus"] for c in comparable), 2)
+        if comparable
+        else None,
+        "wall_s": round(quality_s, 1),
+        "goal_mean_ratio": 1.02,
+        "goal_worst_ratio": 1.10,
+        "cases": cases,
+    }
+
+    large = large_instance(seed=12345)
+    heuristic_runs = [timed(pack_heuristic, large) for _ in range(args.timing_runs)]
+    result = heuristic_runs[-1][1]
+    heuristic_s = statistics.median(t for t, _ in heuristic_runs)
+    # The naive baseline is quadratic in replicas: time it on a tenth of the fleet as well.
+    small_large = large_instance(seed=12345, gpus=200, models=10)
+    baseline_runs = [timed(naive_first_fit, large) for _ in range(max(1, args.timing_runs // 3))]
+    baseline_s = statistics.median(t for t, _ in baseline_runs)
+    baseline_small_s = statistics.median(
+        timed(naive_first_fit, small_large)[0] for _ in range(args.timing_runs)
+    )
+    heuristic_small_runs = [timed(pack_heuristic, small_large) for _ in range(args.timing_runs)]
+    heuristic_small_s = statistics.median(t for t, _ in heuristic_small_runs)
+    speed = {
+        "fleet_gpus": sum(p.count for p in large.pools),
+        "models": len(large.demands),
+        "replicas_placed": replicas(result),
+        "gpus_used": result.gpus_used,
+        "feasible": result.feasible,
+        "heuristic_median_s": round(heuristic_s, 4),
+        "heuristic_runs_s": [round(t, 4) for t, _ in heuristic_runs],
+        "baseline": "first fit of single replicas, best whole-GPU option per model",
+        "baseline_median_s": round(baseline_s, 4),
+        "baseline_gpus_used": baseline_runs[-1][1],
+        "speedup_vs_baseline": round(baseline_s / heuristic_s, 2),
+        "tenth_size": {
+            "fleet_gpus": sum(p.count for p in small_large.pools),
+            "models": len(small_large.demands),
+            "heuristic_median_s": round(heuristic_small_s, 4),
+            "baseline_median_s": round(baseline_small_s, 4),
+        },
+        "goal_s": 1.0,
+    }
+    document = {
+        "schema_version": SCHEMA_VERSION,
+        "benchmark": "packing",
+        "git_sha": git_sha(),
+        "hardware": hardware(),
+        "parameters": {
+            "instances": args.instances,
+            "milp_time_limit_s": args.milp_time_limit_s,
+            "timing_runs": args.timing_runs,
+            "workers": args.workers,
+            "small_instance": "pools h100x8, l4x10, a100-mig x6 (6 layouts); 3-6 models",
+            "large_instance_seed": 12345,
+            "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        },
+        "results": {"quality": quality, "speed": speed},
+        "wall_s": round(time.perf_counter() - started, 1),
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "packing.json").write_text(json.dumps(document, indent=2) + "\n")
+    (args.out / "packing.md").write_text(summary(document))
+    print(summary(document))
+
+
+def summary(doc: dict[str, Any]) -> str:
+    q = doc["results"]["quality"]
+    s = doc["results"]["speed"]
+    hw = doc["hardware"]
+    return "\n".join(
+        [
+            "# Fleet packing benchmark",
+            "",
+            f"git `{doc['git_sha']}`, {hw['cpu_count']} × {hw['cpu_model']}, "
+            f"Python {hw['python']}; produced by `{doc['parameters']['command']}`.",
+            "",
+            "| measure | value | goal |",
+            "|---|---|---|",
+            f"| instances (MILP optimal / compared) | {q['instances']} "
+            f"({q['milp_optimal']} / {q['compared']}) | |",
+            f"| heuristic GPUs / optimum, mean | {q['gpu_ratio_mean']} | ≤ {q['goal_mean_ratio']} |",
+            f"| heuristic GPUs / optimum, worst | {q['gpu_ratio_worst']} "
+            f"| ≤ {q['goal_worst_ratio']} |",
+            f"| heuristic equals optimum | {q['heuristic_matches_optimum']} of {q['compared']} | |",
+            f"| power ratio when GPU counts equal, mean | "
+            f"{q['energy_ratio_mean_when_gpus_equal']} | |",
+            f"| heuristic time, {s['fleet_gpus']} GPUs × {s['replicas_placed']} replicas "
+            f"(median) | {s['heuristic_median_s']} s | < {s['goal_s']} s |",
+            f"| naive first fit, same instance (median) | {s['baseline_median_s']} s "
+            f"({s['speedup_vs_baseline']}× slower; {s['baseline_gpus_used']} GPUs vs "
+            f"{s['gpus_used']}) | |",
+            f"| tenth size ({s['tenth_size']['fleet_gpus']} GPUs): heuristic / naive | "
+            f"{s['tenth_size']['heuristic_median_s']} s / {s['tenth_size']['baseline_median_s']} s"
+            " | |",
+            "",
+        ]
+    )
+
+
+if __name__ == "__main__":
+    main()

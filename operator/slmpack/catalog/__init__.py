@@ -1,0 +1,1 @@
+"""GPU and model data: typed, validated, with sources."""

@@ -1,0 +1,1 @@
+"""The `slmpack` command line."""

@@ -1,0 +1,1 @@
+"""Pure planning core: memory, performance, power, Pareto front and fleet packing."""

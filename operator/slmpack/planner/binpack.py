@@ -1,0 +1,862 @@
+"""Fleet packing: place replicas of many models on a heterogeneous, partly MIG-partitioned fleet.
+
+The planner folds the SLO and the performance model into the inputs: for every (model, GPU
+product) it hands over one or more `ReplicaOption` records, each one way to run one replica with
+its memory, its share of the GPU's compute and bandwidth, and the tokens/s it serves within the
+SLO. Packing then becomes a pure combinatorial problem: choose options and a GPU for every
+replica so that each model's demand is served, minimising the number of GPUs first and the
+power draw second.
+
+Rules a placement obeys:
+
+* On a whole (non-MIG) GPU, co-located replicas share it: Σ memory_bytes ≤ the pool's memory
+  and Σ compute_share ≤ 1.
+* A MIG pool's GPU runs exactly one of the pool's layouts; a replica with a MIG option occupies
+  one instance of its profile. Whole-GPU options never go on MIG pools, MIG options never on
+  whole GPUs.
+
+`pack_heuristic` is what the operator runs (fast, 2,000 GPUs in well under a second);
+`pack_milp` is the exact reference for small instances (scipy/HiGHS, imported lazily so the
+operator never pays for it).
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import random
+import re
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from slmpack.errors import InvalidSpecError
+
+#: Σ compute_share may exceed 1 by this much: shares such as 0.1 summed ten times are 1 ± 1 ulp.
+COMPUTE_SHARE_TOLERANCE = 1e-9
+#: A model counts as served when its supply falls short of demand by at most this fraction.
+DEMAND_TOLERANCE_RATIO = 1e-9
+
+_MIG_SLICES = re.compile(r"^(\d+)g\.")
+
+
+@dataclass(frozen=True)
+class GpuPool:
+    """`count` identical GPUs of one product, e.g. one node group.
+
+    With `mig_layouts` the pool's GPUs are MIG-partitioned: each used GPU runs exactly one of
+    these layouts (a layout lists its instances' profile names, a profile once per instance).
+    """
+
+    name: str
+    product: str
+    count: int
+    memory_bytes: int
+    idle_watts: float
+    mig_layouts: tuple[tuple[str, ...], ...] = ()
+
+    @property
+    def is_mig(self) -> bool:
+        return bool(self.mig_layouts)
+
+
+@dataclass(frozen=True)
+class ReplicaOption:
+    """One way to run one replica of `model` on a GPU of `product`, SLO already applied.
+
+    `compute_share` is the fraction (0, 1] of the GPU's shared capacity (SM time, bandwidth)
+    the replica needs; it is ignored for MIG options, which own their instance.
+    `tokens_per_s` is what the replica serves within the SLO; `watts` its dynamic power.
+    """
+
+    model: str
+    product: str
+    memory_bytes: int
+    compute_share: float
+    tokens_per_s: float
+    watts: float
+    mig_profile: str | None = None
+
+
+@dataclass(frozen=True)
+class ModelDemand:
+    """Aggregate demand of one model across the fleet, in generated tokens per second."""
+
+    model: str
+    tokens_per_s: float
+
+
+@dataclass(frozen=True)
+class PackingProblem:
+    pools: tuple[GpuPool, ...]
+    options: tuple[ReplicaOption, ...]
+    demands: tuple[ModelDemand, ...]
+
+
+@dataclass(frozen=True)
+class Placement:
+    """`replicas` replicas of `model` on GPU `gpu_index` of `pool`.
+
+    `option_index` points into `PackingProblem.options`: it tells which engine configuration
+    the replicas run when a model has several options for the same product.
+    """
+
+    pool: str
+    gpu_index: int
+    model: str
+    replicas: int
+    mig_profile: str | None
+    option_index: int
+
+
+@dataclass(frozen=True)
+class PackingResult:
+    """A placement and its cost. `unmet` is empty exactly when every demand is served."""
+
+    placements: tuple[Placement, ...]
+    gpus_used: int
+    gpus_used_by_pool: dict[str, int]
+    energy_watts: float  # idle power of the used GPUs + Σ dynamic power of the replicas
+    unmet: dict[str, float]  # model -> tokens/s not served
+    solver: str
+    optimal: bool  # proven optimal (MILP only; the heuristic never claims it)
+    message: str
+    # (pool, gpu_index) -> the MIG layout that GPU runs; only used MIG GPUs appear.
+    mig_layouts: dict[tuple[str, int], tuple[str, ...]] = field(default_factory=dict)
+    # MILP only: a proven lower bound on the GPU count (equals gpus_used when optimal).
+    gpus_lower_bound: int | None = None
+
+    @property
+    def feasible(self) -> bool:
+        return not self.unmet
+
+
+@dataclass(frozen=True)
+class AssignedGpu:
+    """Solver-neutral content of one used GPU: option index -> replicas, plus its MIG layout."""
+
+    pool_index: int
+    option_counts: tuple[tuple[int, int], ...]
+    mig_layout: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class IndexedProblem:
+    """A validated problem with the lookups both solvers need.
+
+    `size_ratio[(o, p)]` is the fraction of one GPU of pool p that option o occupies when GPUs
+    are full: max(memory share, compute share) on whole GPUs, the instance's compute-slice
+    fraction on MIG pools. `best_tokens_per_gpu[m]` is the best tokens/s per such GPU-fraction
+    over all of m's options: the heuristic values served demand in "GPU equivalents" with it.
+    """
+
+    problem: PackingProblem
+    demand_tokens_per_s: dict[str, float]  # positive demands only
+    pool_options: tuple[tuple[int, ...], ...]  # per pool: eligible option indices
+    size_ratio: dict[tuple[int, int], float]
+    best_tokens_per_gpu: dict[str, float]
+    alone_capacity: dict[tuple[int, int], int]  # replicas of option o alone on one GPU of p
+
+
+def index_problem(problem: PackingProblem) -> IndexedProblem:
+    """Validate `problem` and build the lookups. Raises InvalidSpecError naming the culprit."""
+    _validate(problem)
+    demand: dict[str, float] = {}
+    for d in problem.demands:
+        if d.model in demand:
+            raise InvalidSpecError(f"Model {d.model!r} has more than one demand; merge them")
+        if d.tokens_per_s > 0:
+            demand[d.model] = float(d.tokens_per_s)
+
+    pool_options: list[tuple[int, ...]] = []
+    size_ratio: dict[tuple[int, int], float] = {}
+    alone: dict[tuple[int, int], int] = {}
+    best: dict[str, float] = {}
+    for p, pool in enumerate(problem.pools):
+        slot_ratio = _mig_slot_ratios(pool)
+        eligible: list[int] = []
+        for o, opt in enumerate(problem.options):
+            if opt.model not in demand or opt.product != pool.product:
+                continue
+            if pool.is_mig:
+                if opt.mig_profile is None or opt.mig_profile not in slot_ratio:
+                    continue
+                size = slot_ratio[opt.mig_profile]
+                cap = max(layout.count(opt.mig_profile) for layout in pool.mig_layouts)
+            else:
+                if opt.mig_profile is not None or opt.memory_bytes > pool.memory_bytes:
+                    continue
+                size = max(opt.memory_bytes / pool.memory_bytes, opt.compute_share)
+                cap = _fit(pool.memory_bytes, 1.0, opt.memory_bytes, opt.compute_share)
+            eligible.append(o)
+            size_ratio[(o, p)] = size
+            alone[(o, p)] = cap
+            best[opt.model] = max(best.get(opt.model, 0.0), opt.tokens_per_s / size)
+        pool_options.append(tuple(eligible))
+
+    missing = [m for m in demand if m not in best]
+    if missing:
+        pools = ", ".join(
+            f"{p.name} ({p.product}{', MIG' if p.is_mig else ''})" for p in problem.pools
+        )
+        raise InvalidSpecError(
+            f"Model(s) {', '.join(repr(m) for m in missing)} have no replica option that fits "
+            f"any GPU pool (pools: {pools or 'none'}); add an option for one of these products "
+            "or a pool of a GPU the model fits"
+        )
+    return IndexedProblem(
+        problem=problem,
+        demand_tokens_per_s=demand,
+        pool_options=tuple(pool_options),
+        size_ratio=size_ratio,
+        best_tokens_per_gpu=best,
+        alone_capacity=alone,
+    )
+
+
+def _validate(problem: PackingProblem) -> None:
+    names = [p.name for p in problem.pools]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise InvalidSpecError(f"GPU pool names must be unique; repeated: {', '.join(dupes)}")
+    for pool in problem.pools:
+        if pool.count < 0 or pool.memory_bytes <= 0 or pool.idle_watts < 0:
+            raise InvalidSpecError(
+                f"GPU pool {pool.name!r} needs count >= 0, memory_bytes > 0 and idle_watts >= 0"
+            )
+        if any(not layout for layout in pool.mig_layouts):
+            raise InvalidSpecError(f"GPU pool {pool.name!r} has an empty MIG layout")
+    for opt in problem.options:
+        if not (0.0 < opt.compute_share <= 1.0):
+            raise InvalidSpecError(
+                f"Replica option of {opt.model!r} on {opt.product}: compute_share must be in "
+                f"(0, 1], got {opt.compute_share}"
+            )
+        if opt.tokens_per_s <= 0 or opt.memory_bytes < 0 or opt.watts < 0:
+            raise InvalidSpecError(
+                f"Replica option of {opt.model!r} on {opt.product}: tokens_per_s must be > 0, "
+                "memory_bytes and watts >= 0"
+            )
+    for d in problem.demands:
+        if not math.isfinite(d.tokens_per_s) or d.tokens_per_s < 0:
+            raise InvalidSpecError(f"Demand of {d.model!r} must be finite and >= 0 tokens/s")
+
+
+def _mig_slot_ratios(pool: GpuPool) -> dict[str, float]:
+    """Fraction of one GPU a MIG instance stands for: its compute slices ("3g" -> 3) over the
+    most slices any layout of the pool uses (7 on A100/H100). Unparsable names fall back to
+    1 / (most instances of that profile in one layout)."""
+    profiles = {name for layout in pool.mig_layouts for name in layout}
+    if not profiles:
+        return {}
+    slices = {name: _slices(name) for name in profiles}
+    if all(s is not None for s in slices.values()):
+        total = max(sum(slices[n] or 0 for n in layout) for layout in pool.mig_layouts)
+        return {n: (s or 0) / total for n, s in slices.items()}
+    return {n: 1.0 / max(layout.count(n) for layout in pool.mig_layouts) for n in profiles}
+
+
+def _slices(profile: str) -> int | None:
+    match = _MIG_SLICES.match(profile)
+    return int(match.group(1)) if match else None
+
+
+def _fit(mem_free_bytes: int, compute_free: float, mem_bytes: int, compute_share: float) -> int:
+    """Replicas of (mem_bytes, compute_share) that fit into the free capacity of one GPU."""
+    by_compute = int((compute_free + COMPUTE_SHARE_TOLERANCE) / compute_share)
+    if mem_bytes <= 0:
+        return max(by_compute, 0)
+    return max(min(mem_free_bytes // mem_bytes, by_compute), 0)
+
+
+def _served(supply: float, demand: float) -> bool:
+    return supply >= demand * (1.0 - DEMAND_TOLERANCE_RATIO)
+
+
+def build_result(
+    ix: IndexedProblem,
+    gpus: Sequence[AssignedGpu],
+    solver: str,
+    optimal: bool,
+    note: str = "",
+    gpus_lower_bound: int | None = None,
+) -> PackingResult:
+    """Turn solver-neutral GPU contents into a `PackingResult` (placements, cost, unmet).
+
+    Used GPUs are renumbered 0, 1, ... per pool in the order given: GPUs of a pool are
+    identical, so only the count matters.
+    """
+    problem = ix.problem
+    next_index = [0] * len(problem.pools)
+    placements: list[Placement] = []
+    layouts: dict[tuple[str, int], tuple[str, ...]] = {}
+    supply: dict[str, float] = {}
+    energy = 0.0
+    replicas = 0
+    for gpu in gpus:
+        counts = [(o, n) for o, n in gpu.option_counts if n > 0]
+        if not counts:
+            continue
+        pool = problem.pools[gpu.pool_index]
+        index = next_index[gpu.pool_index]
+        next_index[gpu.pool_index] += 1
+        energy += pool.idle_watts
+        if gpu.mig_layout is not None:
+            layouts[(pool.name, index)] = gpu.mig_layout
+        for o, n in sorted(counts):
+            opt = problem.options[o]
+            placements.append(Placement(pool.name, index, opt.model, n, opt.mig_profile, o))
+            supply[opt.model] = supply.get(opt.model, 0.0) + n * opt.tokens_per_s
+            energy += n * opt.watts
+            replicas += n
+    unmet = {
+        m: d - supply.get(m, 0.0)
+        for m, d in ix.demand_tokens_per_s.items()
+        if not _served(supply.get(m, 0.0), d)
+    }
+    by_pool = {pool.name: next_index[p] for p, pool in enumerate(problem.pools)}
+    used = sum(next_index)
+    if unmet:
+        short = ", ".join(f"{m} short by {v:.1f} tokens/s" for m, v in unmet.items())
+        message = (
+            f"Demand exceeds the fleet: {short}; add GPUs to the pools these models can use "
+            "or lower the demand"
+        )
+    else:
+        message = f"Placed {replicas} replicas of {len(supply)} models on {used} GPUs"
+    if note:
+        message = f"{message} ({note})"
+    return PackingResult(
+        placements=tuple(placements),
+        gpus_used=used,
+        gpus_used_by_pool=by_pool,
+        energy_watts=energy,
+        unmet=unmet,
+        solver=solver,
+        optimal=optimal and not unmet,
+        message=message,
+        mig_layouts=layouts,
+        gpus_lower_bound=gpus_lower_bound,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Heuristic
+#
+# 1. Construction, a set-multicover greedy over GPU "patterns" (close to minimum-bin-slack for
+#    bin packing): repeatedly choose, over all pools with free GPUs, the content of one GPU that
+#    serves the most remaining demand in GPU equivalents (tokens/s over the model's best tokens/s
+#    per GPU fraction). A pattern is a small knapsack, filled greedily from a few seeds. Replicas
+#    of a model are identical, so a pattern repeats while it overshoots no model's remaining
+#    demand: the loop runs about once per model, not once per GPU or replica.
+# 2. On small fleets, ruin and recreate: clear a few GPUs (least filled, one model's, or a
+#    seeded random subset), refill the free room of the others, open new GPUs for the rest;
+#    keep the result when it uses fewer GPUs (or as many and less power). The number of rounds
+#    shrinks with the fleet, so 2,000-GPU fleets skip it.
+# 3. Trim replicas the demand does not need (saves power), then consolidate: try to empty the
+#    least-filled GPUs into the free room of the others, switching options and MIG layouts.
+# ---------------------------------------------------------------------------------------------
+
+#: Seeds per pattern search (each seed is one option placed first, then a greedy fill).
+PATTERN_SEEDS = 6
+#: Ruin-and-recreate rounds at most, and the work budget (GPUs × options per round) that scales
+#: them down on big fleets.
+MAX_IMPROVEMENT_ROUNDS = 60
+IMPROVEMENT_WORK_BUDGET = 400_000
+#: Consolidation stops after this many least-filled GPUs in a row could not be emptied.
+MAX_CONSOLIDATION_FAILURES = 8
+_IMPROVEMENT_SEED = 20240611  # fixed: same problem, same placement
+
+
+@dataclass
+class _Capacity:
+    """Free room on one GPU: memory and compute (whole GPU) or free instances (MIG layout)."""
+
+    mem_free_bytes: int
+    compute_free: float
+    slots: dict[str, int] | None
+    layout: tuple[str, ...] | None
+
+
+@dataclass
+class _Pattern:
+    counts: dict[int, int]
+    supply: dict[str, float]
+    value: float
+    watts: float  # dynamic power of the replicas added
+    layout: tuple[str, ...] | None
+
+
+@dataclass
+class _Gpu:
+    pool: int
+    counts: dict[int, int]
+    mem_free_bytes: int
+    compute_free: float
+    layout: tuple[str, ...] | None
+    used_slots: dict[str, int]  # MIG instances in use, by profile
+
+    def copy(self) -> _Gpu:
+        return _Gpu(
+            self.pool,
+            dict(self.counts),
+            self.mem_free_bytes,
+            self.compute_free,
+            self.layout,
+            dict(self.used_slots),
+        )
+
+
+class _Packer:
+    def __init__(self, ix: IndexedProblem) -> None:
+        self.ix = ix
+        self.pools = ix.problem.pools
+        self.options = ix.problem.options
+        self.demand = ix.demand_tokens_per_s
+        self.best = ix.best_tokens_per_gpu
+        self.tol = {m: d * DEMAND_TOLERANCE_RATIO for m, d in self.demand.items()}
+        # Per pool: options in decreasing value density (1.0 = the model's best option), then
+        # larger first (as in first-fit decreasing: big items first, small ones fill the gaps).
+        self.order: list[list[int]] = []
+        self.by_model: list[dict[str, list[int]]] = []
+        for p, eligible in enumerate(ix.pool_options):
+            self.order.append(sorted(eligible, key=lambda o, p=p: self._order_key(o, p)))
+            groups: dict[str, list[int]] = {}
+            for o in eligible:
+                groups.setdefault(self.options[o].model, []).append(o)
+            self.by_model.append(groups)
+        self.layout_slots = [[Counter(lay) for lay in pool.mig_layouts] for pool in self.pools]
+        self.gpus: list[_Gpu] = []
+
+    def _order_key(self, o: int, p: int) -> tuple[float, float, int]:
+        size = self.ix.size_ratio[(o, p)]
+        opt = self.options[o]
+        density = opt.tokens_per_s / size / self.best[opt.model]
+        return (-round(density, 9), -size, o)
+
+    # -- state --------------------------------------------------------------------------------
+
+    def remaining(self) -> dict[str, float]:
+        supply = self.supply()
+        return {m: max(d - supply[m], 0.0) for m, d in self.demand.items()}
+
+    def supply(self) -> dict[str, float]:
+        supply: dict[str, float] = dict.fromkeys(self.demand, 0.0)
+        for gpu in self.gpus:
+            for o, n in gpu.counts.items():
+                supply[self.options[o].model] += n * self.options[o].tokens_per_s
+        return supply
+
+    def cost(self) -> tuple[float, int, float]:
+        """(unmet GPU equivalents, GPUs, watts): smaller is better, in this order."""
+        unmet = sum(r / self.best[m] for m, r in self.remaining().items() if r > self.tol[m])
+        watts = sum(self.pools[g.pool].idle_watts for g in self.gpus)
+        watts += sum(n * self.options[o].watts for g in self.gpus for o, n in g.counts.items())
+        return (round(unmet, 9), len(self.gpus), watts)
+
+    def _add(self, gpu: _Gpu, o: int, n: int) -> None:
+        opt = self.options[o]
+        gpu.counts[o] = gpu.counts.get(o, 0) + n
+        if gpu.counts[o] == 0:
+            del gpu.counts[o]
+        if gpu.layout is not None:
+            profile = opt.mig_profile or ""
+            gpu.used_slots[profile] = gpu.used_slots.get(profile, 0) + n
+        else:
+            gpu.mem_free_bytes -= n * opt.memory_bytes
+            gpu.compute_free -= n * opt.compute_share
+
+    def _fill_ratio(self, gpu: _Gpu) -> float:
+        if gpu.layout is not None:
+            return sum(self.ix.size_ratio[(o, gpu.pool)] * n for o, n in gpu.counts.items())
+        pool = self.pools[gpu.pool]
+        return max(1.0 - gpu.mem_free_bytes / pool.memory_bytes, 1.0 - gpu.compute_free)
+
+    def _compatible_layouts(self, gpu: _Gpu) -> list[int]:
+        """Layouts of the GPU's pool that hold every instance the GPU already runs."""
+        return [
+            i
+            for i, slots in enumerate(self.layout_slots[gpu.pool])
+            if all(slots[q] >= n for q, n in gpu.used_slots.items())
+        ]
+
+    def _capacities(self, p: int, gpu: _Gpu | None) -> list[_Capacity]:
+        pool = self.pools[p]
+        if not pool.is_mig:
+            if gpu is None:
+                return [_Capacity(pool.memory_bytes, 1.0, None, None)]
+            return [_Capacity(gpu.mem_free_bytes, gpu.compute_free, None, None)]
+        if gpu is None:
+            return [
+                _Capacity(0, 0.0, dict(slots), layout)
+                for slots, layout in zip(self.layout_slots[p], pool.mig_layouts, strict=True)
+            ]
+        caps = []
+        for i in self._compatible_layouts(gpu):
+            slots = {q: n - gpu.used_slots.get(q, 0) for q, n in self.layout_slots[p][i].items()}
+            caps.append(_Capacity(0, 0.0, slots, pool.mig_layouts[i]))
+        return caps
+
+    # -- pattern search -----------------------------------------------------------------------
+
+    def _pattern(self, p: int, remaining: Mapping[str, float], gpu: _Gpu | None) -> _Pattern | None:
+        """Best content found for one GPU of pool p (its free room if `gpu` is given)."""
+        alive = [
+            o
+            for o in self.order[p]
+            if remaining[self.options[o].model] > self.tol[self.options[o].model]
+        ]
+        if not alive:
+            return None
+        best: _Pattern | None = None
+        for cap in self._capacities(p, gpu):
+            for seed in [None, *self._seeds(alive, cap, remaining)]:
+                pattern = self._fill(p, remaining, cap, alive, seed)
+                if best is None or (round(pattern.value, 9), -pattern.watts) > (
+                    round(best.value, 9),
+                    -best.watts,
+                ):
+                    best = pattern
+        return best
+
+    def _fits(self, cap: _Capacity, o: int) -> int:
+        opt = self.options[o]
+        if cap.slots is not None:
+            return cap.slots.get(opt.mig_profile or "", 0)
+        return _fit(cap.mem_free_bytes, cap.compute_free, opt.memory_bytes, opt.compute_share)
+
+    def _seeds(
+        self, alive: Sequence[int], cap: _Capacity, remaining: Mapping[str, float]
+    ) -> list[int]:
+        """Options that serve the most on their own: filling with them first avoids the greedy
+        taking a dense option whose leftover room nothing else can use."""
+        scored = []
+        for o in alive:
+            opt = self.options[o]
+            left = remaining[opt.model]
+            n = min(self._fits(cap, o), _replicas_for(left, opt.tokens_per_s))
+            if n > 0:
+                scored.append((-min(n * opt.tokens_per_s, left) / self.best[opt.model], o))
+        scored.sort()
+        return [o for _, o in scored[:PATTERN_SEEDS]]
+
+    def _fill(
+        self,
+        p: int,
+        remaining: Mapping[str, float],
+        start: _Capacity,
+        alive: Sequence[int],
+        seed: int | None,
+    ) -> _Pattern:
+        """Greedy content for the free room `start`: the seed first, then whole replicas the
+        remaining demand fully uses (densest first), then demand tails."""
+        cap = _Capacity(
+            start.mem_free_bytes,
+            start.compute_free,
+            None if start.slots is None else dict(start.slots),
+            start.layout,
+        )
+        counts: dict[int, int] = {}
+        supply: dict[str, float] = {}
+
+        def add(o: int, n: int) -> None:
+            opt = self.options[o]
+            counts[o] = counts.get(o, 0) + n
+            supply[opt.model] = supply.get(opt.model, 0.0) + n * opt.tokens_per_s
+            if cap.slots is not None:
+                profile = opt.mig_profile or ""
+                cap.slots[profile] -= n
+            else:
+                cap.mem_free_bytes -= n * opt.memory_bytes
+                cap.compute_free -= n * opt.compute_share
+
+        def left_of(model: str) -> float:
+            return remaining[model] - supply.get(model, 0.0)
+
+        if seed is not None:
+            opt = self.options[seed]
+            add(
+                seed,
+                min(self._fits(cap, seed), _replicas_for(left_of(opt.model), opt.tokens_per_s)),
+            )
+        for o in alive:
+            opt = self.options[o]
+            left = left_of(opt.model)
+            if left <= self.tol[opt.model]:
+                continue
+            n = min(int(left / opt.tokens_per_s + DEMAND_TOLERANCE_RATIO), self._fits(cap, o))
+            if n > 0:
+                add(o, n)
+        # Tails (less than one replica of the densest option): largest first, each with the
+        # option that serves most of it per GPU fraction.
+        tails = []
+        for m, opts in self.by_model[p].items():
+            left = left_of(m) if m in remaining else 0.0
+            if left > self.tol[m]:
+                tails.append((-left / self.best[m], m, opts))
+        for _, m, opts in sorted(tails):
+            left = left_of(m)
+            choice: tuple[float, int] | None = None
+            for o in opts:
+                if self._fits(cap, o) <= 0:
+                    continue
+                opt = self.options[o]
+                score = min(opt.tokens_per_s, left) / self.ix.size_ratio[(o, p)]
+                if choice is None or score > choice[0]:
+                    choice = (score, o)
+            if choice is not None:
+                o = choice[1]
+                add(o, min(_replicas_for(left, self.options[o].tokens_per_s), self._fits(cap, o)))
+        value = sum(min(s, remaining[m]) / self.best[m] for m, s in supply.items())
+        watts = sum(n * self.options[o].watts for o, n in counts.items())
+        return _Pattern(counts, supply, value, watts, start.layout)
+
+    # -- construction -------------------------------------------------------------------------
+
+    def _apply(self, gpu: _Gpu, pattern: _Pattern) -> None:
+        if pattern.layout is not None:
+            gpu.layout = pattern.layout
+        for o, n in pattern.counts.items():
+            self._add(gpu, o, n)
+
+    def fill_free_room(self, remaining: dict[str, float]) -> None:
+        """Best-fit flavour: the fullest GPUs get their free room filled first."""
+        for gpu in sorted(self.gpus, key=lambda g: -self._fill_ratio(g)):
+            if not any(r > self.tol[m] for m, r in remaining.items()):
+                return
+            pattern = self._pattern(gpu.pool, remaining, gpu)
+            if pattern is None or pattern.value <= 0:
+                continue
+            self._apply(gpu, pattern)
+            for m, s in pattern.supply.items():
+                remaining[m] = max(remaining[m] - s, 0.0)
+
+    def open_gpus(self, remaining: dict[str, float]) -> None:
+        """Open GPUs pattern by pattern; pools evaluated lazily (a pattern's value only drops as
+        demand gets served, so a stale value is an upper bound)."""
+        free = [pool.count for pool in self.pools]
+        for gpu in self.gpus:
+            free[gpu.pool] -= 1
+        version = 0
+        cached: dict[int, tuple[int, _Pattern]] = {}
+        heap: list[tuple[tuple[float, float, int], int]] = []
+
+        def evaluate(p: int) -> None:
+            pattern = self._pattern(p, remaining, None)
+            if pattern is None or pattern.value <= 0:
+                return
+            cached[p] = (version, pattern)
+            idle = self.pools[p].idle_watts
+            # Most GPU equivalents first; ties go to the lower power per equivalent.
+            key = (-round(pattern.value, 9), (idle + pattern.watts) / pattern.value, p)
+            heapq.heappush(heap, (key, p))
+
+        for p in range(len(self.pools)):
+            if free[p] > 0 and self.order[p]:
+                evaluate(p)
+        while heap:
+            _, p = heapq.heappop(heap)
+            seen, pattern = cached[p]
+            if seen != version:
+                evaluate(p)  # stale: recompute and let the heap order it again
+                continue
+            repeat = free[p]
+            for m, s in pattern.supply.items():
+                repeat = min(repeat, int(remaining[m] / s + DEMAND_TOLERANCE_RATIO))
+            repeat = max(repeat, 1)
+            for _ in range(repeat):
+                pool = self.pools[p]
+                gpu = _Gpu(p, {}, pool.memory_bytes, 1.0, None, {})
+                self._apply(gpu, pattern)
+                self.gpus.append(gpu)
+            free[p] -= repeat
+            for m, s in pattern.supply.items():
+                remaining[m] = max(remaining[m] - repeat * s, 0.0)
+            version += 1
+            if free[p] > 0:
+                evaluate(p)
+
+    # -- improvement --------------------------------------------------------------------------
+
+    def improve(self) -> None:
+        """Ruin and recreate on small fleets (see the module notes)."""
+        work = max(len(self.gpus), 1) * max(len(self.options), 1)
+        rounds = min(MAX_IMPROVEMENT_ROUNDS, IMPROVEMENT_WORK_BUDGET // work)
+        if rounds <= 1 or len(self.gpus) <= 1:
+            return
+        rng = random.Random(_IMPROVEMENT_SEED)
+        models = sorted(self.demand)
+        best_gpus = [g.copy() for g in self.gpus]
+        best_cost = self.cost()
+        for r in range(rounds):
+            self.gpus = [g.copy() for g in best_gpus]
+            kind = r % 3
+            if kind == 0:
+                k = 1 + (r // 3) % 3
+                victims = sorted(
+                    range(len(self.gpus)), key=lambda i: self._fill_ratio(self.gpus[i])
+                )[:k]
+            elif kind == 1:
+                model = models[(r // 3) % len(models)]
+                victims = [
+                    i
+                    for i, g in enumerate(self.gpus)
+                    if any(self.options[o].model == model for o in g.counts)
+                ]
+            else:
+                size = max(2, len(self.gpus) // 3)
+                victims = rng.sample(range(len(self.gpus)), min(size, len(self.gpus)))
+            drop = set(victims)
+            self.gpus = [g for i, g in enumerate(self.gpus) if i not in drop]
+            remaining = self.remaining()
+            self.fill_free_room(remaining)
+            self.open_gpus(remaining)
+            self.trim()
+            cost = self.cost()
+            if cost < best_cost:
+                best_cost, best_gpus = cost, [g.copy() for g in self.gpus]
+        self.gpus = best_gpus
+
+    def trim(self) -> None:
+        """Drop replicas the demand does not need: least-filled GPUs, hungriest options first."""
+        supply = self.supply()
+        surplus = {m: supply[m] - d + self.tol[m] for m, d in self.demand.items()}
+        for gpu in sorted(self.gpus, key=self._fill_ratio):
+            for o in sorted(gpu.counts, key=lambda o: -self.options[o].watts):
+                opt = self.options[o]
+                drop = min(gpu.counts[o], int(surplus[opt.model] / opt.tokens_per_s))
+                if drop > 0:
+                    self._add(gpu, o, -drop)
+                    surplus[opt.model] -= drop * opt.tokens_per_s
+        self.gpus = [g for g in self.gpus if g.counts]
+
+    def consolidate(self) -> None:
+        supply = self.supply()
+        # Least-filled first; among equally filled GPUs, emptying the one with the higher idle
+        # draw saves more power.
+        candidates = sorted(
+            self.gpus, key=lambda g: (self._fill_ratio(g), -self.pools[g.pool].idle_watts)
+        )
+        failures = 0
+        for gpu in candidates:
+            if failures >= MAX_CONSOLIDATION_FAILURES:
+                break
+            if self._try_empty(gpu, supply):
+                self.gpus = [g for g in self.gpus if g is not gpu]
+                failures = 0
+            else:
+                failures += 1
+
+    def _try_empty(self, victim: _Gpu, supply: dict[str, float]) -> bool:
+        lost: dict[str, float] = {}
+        for o, n in victim.counts.items():
+            opt = self.options[o]
+            lost[opt.model] = lost.get(opt.model, 0.0) + n * opt.tokens_per_s
+        need = {m: self.demand[m] - (supply[m] - v) for m, v in lost.items()}
+        # Undo log: (gpu, option, replicas added, layout before).
+        log: list[tuple[_Gpu, int, int, tuple[str, ...] | None]] = []
+        for m in sorted(need, key=lambda m: -need[m] / self.best[m]):
+            if need[m] <= self.tol[m]:
+                continue
+            need[m] = self._place_elsewhere(m, need[m], victim, log)
+            if need[m] > self.tol[m]:
+                for gpu, o, n, layout in reversed(log):
+                    self._add(gpu, o, -n)
+                    gpu.layout = layout
+                return False
+        for m, v in lost.items():
+            supply[m] -= v
+        for _, o, n, _ in log:
+            supply[self.options[o].model] += n * self.options[o].tokens_per_s
+        victim.counts.clear()
+        return True
+
+    def _room(self, gpu: _Gpu, o: int) -> tuple[int, tuple[str, ...] | None]:
+        """Replicas of option o that still fit on `gpu`, and for a MIG GPU the layout to run
+        (one that keeps every instance in use and offers the most free o-instances)."""
+        opt = self.options[o]
+        if gpu.layout is None:
+            fit = _fit(gpu.mem_free_bytes, gpu.compute_free, opt.memory_bytes, opt.compute_share)
+            return fit, None
+        profile = opt.mig_profile or ""
+        used = gpu.used_slots.get(profile, 0)
+        best = (Counter(gpu.layout)[profile] - used, gpu.layout)
+        if best[0] > 0:
+            return best
+        for i in self._compatible_layouts(gpu):
+            free = self.layout_slots[gpu.pool][i][profile] - used
+            if free > best[0]:
+                best = (free, self.pools[gpu.pool].mig_layouts[i])
+        return best
+
+    def _place_elsewhere(
+        self,
+        model: str,
+        need: float,
+        victim: _Gpu,
+        log: list[tuple[_Gpu, int, int, tuple[str, ...] | None]],
+    ) -> float:
+        """Add replicas of `model` to free room on GPUs other than `victim`; returns the demand
+        still unmet. Most efficient option (tokens per GPU fraction) first: room is scarce."""
+        ranked = sorted(
+            (-self.options[o].tokens_per_s / self.ix.size_ratio[(o, p)], o, p)
+            for p, groups in enumerate(self.by_model)
+            for o in groups.get(model, ())
+        )
+        for _, o, p in ranked:
+            opt = self.options[o]
+            for gpu in self.gpus:
+                if gpu.pool != p or gpu is victim:
+                    continue
+                room, layout = self._room(gpu, o)
+                if room <= 0:
+                    continue
+                n = min(room, _replicas_for(need, opt.tokens_per_s))
+                log.append((gpu, o, n, gpu.layout))
+                gpu.layout = layout
+                self._add(gpu, o, n)
+                need -= n * opt.tokens_per_s
+                if need <= self.tol[model]:
+                    return need
+        return need
+
+    def assigned(self) -> list[AssignedGpu]:
+        return [
+            AssignedGpu(g.pool, tuple(sorted(g.counts.items())), g.layout)
+            for g in self.gpus
+            if g.counts
+        ]
+
+
+def _replicas_for(tokens_per_s: float, per_replica_tokens_per_s: float) -> int:
+    """Replicas that serve `tokens_per_s` (ceil, forgiving float noise)."""
+    if tokens_per_s <= 0:
+        return 0
+    return max(math.ceil(tokens_per_s / per_replica_tokens_per_s - DEMAND_TOLERANCE_RATIO), 0)
+
+
+def pack_heuristic(problem: PackingProblem) -> PackingResult:
+    """Place replicas fast: greedy GPU patterns, ruin and recreate on small fleets, then trim
+    and consolidate. Deterministic; never claims optimality.
+
+    Raises InvalidSpecError for a malformed problem or a demanded model that no pool can host.
+    An undersized fleet is not an error: the result lists the unmet tokens/s per model.
+    """
+    ix = index_problem(problem)
+    packer = _Packer(ix)
+    packer.open_gpus(dict(ix.demand_tokens_per_s))
+    packer.trim()
+    packer.improve()
+    packer.consolidate()
+    packer.trim()
+    return build_result(ix, packer.assigned(), solver="heuristic", optimal=False)
+
+
+def pack_milp(problem: PackingProblem, time_limit_s: float = 60.0) -> PackingResult:
+    """Exact reference (scipy.optimize.milp / HiGHS); for small instances only.
+
+    Imported lazily: scipy costs a noticeable import time the operator should not pay.
+    """
+    from slmpack.planner.binpack_milp import solve_milp
+
+    return solve_milp(problem, time_limit_s=time_limit_s)

@@ -1,0 +1,139 @@
+"""The performance model's formulas on hand-computed cases."""
+
+import math
+from dataclasses import replace
+
+import pytest
+
+from slmpack.catalog.gpus import default_gpu_catalog
+from slmpack.catalog.models import decode_flops_per_token, default_model_catalog, weight_bytes
+from slmpack.planner.perf import (
+    Device,
+    EngineStep,
+    PackingShape,
+    colocated_cycle,
+    default_perf_params,
+    engine_step,
+    erlang_c_wait_probability,
+    power_watts,
+    predict,
+    queue_wait_quantile_s,
+)
+from slmpack.planner.types import EngineSettings, SharingMode, Workload
+
+PARAMS = default_perf_params()
+H100 = default_gpu_catalog().get("NVIDIA-H100-80GB-HBM3")
+OPT = default_model_catalog().get("opt-1.3b")
+WORKLOAD = Workload(mean_input_tokens=100, mean_output_tokens=200)
+ENGINE = EngineSettings(max_num_seqs=64)
+DEVICE = Device.whole(H100)
+
+
+def test_engine_step_roofline_by_hand() -> None:
+    step = engine_step(OPT, ENGINE, WORKLOAD, DEVICE, PARAMS, running_seqs=64)
+    kv_per_seq = 200 * 2 * 24 * 2048 * 2  # mean context 100 + 200/2 tokens
+    weights = weight_bytes(OPT, "bf16")
+    assert step.bytes_moved == weights + 64 * kv_per_seq
+    memory_s = (
+        weights / PARAMS.bandwidth_efficiency
+        + 64 * kv_per_seq / PARAMS.attention_bandwidth_efficiency
+    ) / H100.memory_bandwidth_bytes_per_s
+    prefill = 64 * 100 / 200
+    flops = 64 * decode_flops_per_token(OPT, 200) + prefill * decode_flops_per_token(OPT, 50)
+    compute_s = flops / (PARAMS.compute_efficiency * H100.bf16_dense_flops)
+    assert step.prefill_tokens == prefill
+    assert step.flops == pytest.approx(flops)
+    assert step.gpu_s == pytest.approx(max(memory_s, compute_s) + PARAMS.gpu_step_overhead_s)
+    cpu = (
+        PARAMS.cpu_step_base_s
+        + PARAMS.cpu_per_seq_s * 64
+        + PARAMS.cpu_per_prefill_token_s * prefill
+    )
+    assert step.cpu_s == pytest.approx(cpu)
+
+
+def _step(cpu_s: float, gpu_s: float, util: float = 0.5) -> EngineStep:
+    bandwidth = DEVICE.bandwidth_bytes_per_s
+    return EngineStep(64, 0, util * gpu_s * bandwidth, 0.0, gpu_s, cpu_s)
+
+
+def test_one_engine_cycle_is_cpu_plus_gpu() -> None:
+    cycle = colocated_cycle(_step(0.010, 0.020), 1, SharingMode.EXCLUSIVE, DEVICE, PARAMS)
+    assert cycle.cycle_s == pytest.approx(0.030)
+    assert cycle.contenders == 1.0
+
+
+def test_time_slicing_without_cpu_gaps_only_adds_switch_cost() -> None:
+    params = replace(PARAMS, time_slice_overhead_ratio=0.2)
+    cycle = colocated_cycle(_step(0.0, 0.020), 2, SharingMode.TIME_SLICING, DEVICE, params)
+    # Both always want the GPU: k = 2, r = 1/1.2, so G = 0.020 * 2 * 1.2.
+    assert cycle.cycle_s == pytest.approx(0.048, rel=1e-3)
+
+
+def test_mps_overlap_is_capped_by_unused_bandwidth() -> None:
+    params = replace(PARAMS, concurrent_bandwidth_efficiency=0.9)
+    # Solo utilisation 0.6 -> ceiling 1.5; with no CPU phase both contend: G = g * 2 / 1.5.
+    cycle = colocated_cycle(_step(0.0, 0.020, util=0.6), 2, SharingMode.MPS, DEVICE, params)
+    assert cycle.cycle_s == pytest.approx(0.020 * 2 / 1.5, rel=1e-3)
+
+
+def test_packing_fills_cpu_gaps() -> None:
+    step = _step(0.015, 0.015)
+    one = colocated_cycle(step, 1, SharingMode.PACKED, DEVICE, PARAMS)
+    two = colocated_cycle(step, 2, SharingMode.PACKED, DEVICE, PARAMS)
+    throughput_gain = 2 * one.cycle_s / two.cycle_s
+    assert 1.2 < throughput_gain < 2.0
+
+
+def test_erlang_c_known_values() -> None:
+    assert erlang_c_wait_probability(1, 0.5) == pytest.approx(0.5)  # M/M/1: P(wait) = rho
+    assert erlang_c_wait_probability(2, 1.0) == pytest.approx(1 / 3)
+    assert erlang_c_wait_probability(2, 2.0) == 1.0
+
+
+def test_queue_wait_quantile_mm1() -> None:
+    # P(W > t) = rho * exp(-(1 - rho) t / S): p99 = S ln(0.5 / 0.01) / 0.5.
+    assert queue_wait_quantile_s(1, 0.5, 1.0, 0.99) == pytest.approx(math.log(50) / 0.5)
+    assert queue_wait_quantile_s(1, 0.5, 1.0, 0.4) == 0.0  # 60% never wait
+    assert queue_wait_quantile_s(1, 1.0, 1.0, 0.99) == math.inf
+
+
+def test_power_between_idle_and_tdp() -> None:
+    assert power_watts(H100, 0.0, 0.0, PARAMS) == H100.idle_watts
+    assert power_watts(H100, 1.0, 1.0, replace(PARAMS, power_busy_weight=5.0)) == H100.tdp_watts
+    busy = power_watts(H100, 0.5, 0.5, PARAMS)
+    assert H100.idle_watts < busy < H100.tdp_watts
+
+
+def test_predict_reports_consistent_throughputs() -> None:
+    shape = PackingShape(SharingMode.MPS, 2, 1, DEVICE)
+    point = predict(OPT, H100, shape, ENGINE, WORKLOAD, 1e9, PARAMS)
+    assert point.effective_batch_per_replica == 64
+    assert point.total_tokens_per_s == pytest.approx(point.output_tokens_per_s * 300 / 200)
+    assert point.output_tokens_per_s == pytest.approx(2 * 64 / point.step_s)
+    assert point.ttft_p99_s >= point.ttft_p50_s
+    assert point.tokens_per_joule == pytest.approx(point.total_tokens_per_s / point.power_watts)
+
+
+def test_kv_capacity_caps_the_batch() -> None:
+    shape = PackingShape(SharingMode.EXCLUSIVE, 1, 1, DEVICE)
+    capped = predict(OPT, H100, shape, ENGINE, WORKLOAD, 10 * 300, PARAMS)
+    assert capped.effective_batch_per_replica == 10
+
+
+def test_mig_instance_gets_its_slices() -> None:
+    a100 = default_gpu_catalog().get("NVIDIA-A100-SXM4-40GB")
+    profile = a100.mig_profile("3g.20gb")
+    device = Device.mig(a100, profile)
+    assert (
+        device.bandwidth_bytes_per_s
+        == a100.memory_bandwidth_bytes_per_s * profile.memory_slices / 8
+    )
+    assert device.flops_per_s == a100.bf16_dense_flops * 3 / 7
+    assert device.memory_bytes == profile.memory_bytes
+
+
+def test_load_ratio_must_be_a_fraction() -> None:
+    shape = PackingShape(SharingMode.EXCLUSIVE, 1, 1, DEVICE)
+    with pytest.raises(ValueError, match="load_ratio"):
+        predict(OPT, H100, shape, ENGINE, WORKLOAD, 1e9, PARAMS, load_ratio=1.0)
