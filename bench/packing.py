@@ -128,9 +128,16 @@ def small_instance(seed: int) -> PackingProblem:
     """A MILP-sized fleet: optimum typically 4-14 GPUs."""
     rng = random.Random(seed)
     pools = (
-        GpuPool("h100", H100.name, 8, H100.memory_bytes, H100.idle_watts),
-        GpuPool("l4", L4.name, 10, L4.memory_bytes, L4.idle_watts),
-        GpuPool("a100-mig", A100.name, 6, A100.memory_bytes, A100.idle_watts, A100_LAYOUTS),
+        GpuPool("h100", H100.name, rng.randint(4, 12), H100.memory_bytes, H100.idle_watts),
+        GpuPool("l4", L4.name, rng.randint(4, 12), L4.memory_bytes, L4.idle_watts),
+        GpuPool(
+            "a100-mig",
+            A100.name,
+            rng.randint(2, 8),
+            A100.memory_bytes,
+            A100.idle_watts,
+            A100_LAYOUTS,
+        ),
     )
     options: list[ReplicaOption] = []
     demands: list[ModelDemand] = []
@@ -150,26 +157,55 @@ def small_instance(seed: int) -> PackingProblem:
 
 
 def large_instance(seed: int, gpus: int = 2000, models: int = 100) -> PackingProblem:
-    """2,000 GPUs in four pools, `models` models; demand sized to about 10,000 replicas."""
+    """`gpus` GPUs in four pools and `models` small models (1-8 GB of weights) with light
+    options (compute share 0.08-0.5), demand scaled to fill about 85 % of the fleet: about
+    five replicas per GPU, so 2,000 GPUs carry about 10,000 replicas."""
     rng = random.Random(seed)
-    quarter = gpus // 4
+    h100_a, h100_b, l4 = (gpus * 3) // 10, gpus // 5, gpus // 4
     pools = (
-        GpuPool("h100-a", H100.name, quarter, H100.memory_bytes, H100.idle_watts),
-        GpuPool("h100-b", H100.name, quarter, H100.memory_bytes, H100.idle_watts),
-        GpuPool("l4", L4.name, quarter, L4.memory_bytes, L4.idle_watts),
-        GpuPool("a100-mig", A100.name, gpus - 3 * quarter, A100.memory_bytes, 50.0, A100_LAYOUTS),
+        GpuPool("h100-a", H100.name, h100_a, H100.memory_bytes, H100.idle_watts),
+        GpuPool("h100-b", H100.name, h100_b, H100.memory_bytes, H100.idle_watts),
+        GpuPool("l4", L4.name, l4, L4.memory_bytes, L4.idle_watts),
+        GpuPool(
+            "a100-mig",
+            A100.name,
+            gpus - h100_a - h100_b - l4,
+            A100.memory_bytes,
+            50.0,
+            A100_LAYOUTS,
+        ),
     )
     options: list[ReplicaOption] = []
-    demands: list[ModelDemand] = []
+    draws: list[tuple[str, float, float]] = []  # model, best H100 tokens/s per GPU, weight
     for i in range(models):
         name = f"m{i}"
-        weights_bytes = int(rng.uniform(1.0, 16.0) * GB)
-        opts = model_options(rng, name, weights_bytes, (H100, L4))
+        weights_bytes = int(rng.uniform(1.0, 8.0) * GB)
+        base_tokens_per_s = 2.0e12 / weights_bytes
+        opts: list[ReplicaOption] = []
+        for product, share_scale in ((H100, 1.0), (L4, 2.0)):
+            for kv_gb, share in ((2, 0.08), (4, 0.15), (8, 0.25)):
+                share = min(1.0, round(share * share_scale * (1 + weights_bytes / (16 * GB)), 3))
+                memory_bytes = weights_bytes + kv_gb * GB
+                if memory_bytes > product.memory_bytes:
+                    continue
+                tokens = base_tokens_per_s * product.speed_ratio * share**0.7
+                watts = round((product.busy_watts - product.idle_watts) * share, 1)
+                opts.append(ReplicaOption(name, product.name, memory_bytes, share, tokens, watts))
         opts += mig_options(rng, name, weights_bytes)
         options += opts
-        # ~100 replicas per model of its typical option.
-        typical = statistics.median(o.tokens_per_s for o in opts)
-        demands.append(ModelDemand(name, round(typical * rng.uniform(50, 150), 1)))
+        best = max(
+            o.tokens_per_s / max(o.memory_bytes / (80 * GB), o.compute_share)
+            for o in opts
+            if o.product == H100.name
+        )
+        draws.append((name, best, rng.uniform(0.5, 1.5)))
+    # Demand in H100 equivalents: 85 % of the H100s plus the MIG A100s at their speed ratio.
+    h100_equivalents = 0.85 * (h100_a + h100_b + A100.speed_ratio * (gpus - h100_a - h100_b - l4))
+    total_weight = sum(w for _, _, w in draws)
+    demands = [
+        ModelDemand(name, round(best * h100_equivalents * w / total_weight, 1))
+        for name, best, w in draws
+    ]
     return PackingProblem(pools, tuple(options), tuple(demands))
 
 
@@ -362,7 +398,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             "milp_time_limit_s": args.milp_time_limit_s,
             "timing_runs": args.timing_runs,
             "workers": args.workers,
-            "small_instance": "pools h100x8, l4x10, a100-mig x6 (6 layouts); 3-6 models",
+            "small_instance": "pools h100 x4-12, l4 x4-12, a100-mig x2-8 (6 layouts); 3-6 models",
             "large_instance_seed": 12345,
             "command": " ".join([Path(sys.executable).name, *sys.argv]),
         },
@@ -390,7 +426,8 @@ def summary(doc: dict[str, Any]) -> str:
             "|---|---|---|",
             f"| instances (MILP optimal / compared) | {q['instances']} "
             f"({q['milp_optimal']} / {q['compared']}) | |",
-            f"| heuristic GPUs / optimum, mean | {q['gpu_ratio_mean']} | ≤ {q['goal_mean_ratio']} |",
+            f"| heuristic GPUs / optimum, mean | {q['gpu_ratio_mean']} "
+            f"| ≤ {q['goal_mean_ratio']} |",
             f"| heuristic GPUs / optimum, worst | {q['gpu_ratio_worst']} "
             f"| ≤ {q['goal_worst_ratio']} |",
             f"| heuristic equals optimum | {q['heuristic_matches_optimum']} of {q['compared']} | |",

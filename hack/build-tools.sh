@@ -59,6 +59,7 @@ cleanup() {
   if [[ -n "${tmp_file}" ]]; then rm -f "${tmp_file}"; fi
 }
 trap cleanup EXIT
+trap 'cleanup; exit 130' INT TERM
 
 # Point <name> at <name>-<version>; the rename makes the switch atomic.
 link_current() {

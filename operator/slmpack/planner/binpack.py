@@ -22,6 +22,7 @@ operator never pays for it).
 
 from __future__ import annotations
 
+import functools
 import heapq
 import math
 import random
@@ -357,14 +358,26 @@ def build_result(
 #    least-filled GPUs into the free room of the others, switching options and MIG layouts.
 # ---------------------------------------------------------------------------------------------
 
-#: Seeds per pattern search (each seed is one option placed first, then a greedy fill).
+#: Seeds per pattern search (each seed is one option placed first, then a greedy fill), on
+#: small problems and on big ones.
 PATTERN_SEEDS = 6
+FAST_PATTERN_SEEDS = 2
 #: Ruin-and-recreate rounds at most, and the work budget (GPUs × options per round) that scales
 #: them down on big fleets.
 MAX_IMPROVEMENT_ROUNDS = 60
 IMPROVEMENT_WORK_BUDGET = 400_000
+#: A pool counts as scarce when the fractional split leaves less than this share of it (+1 GPU)
+#: free: packing loses some room to fragmentation, so "nearly full" is full.
+SCARCE_POOL_MARGIN_RATIO = 0.15
+#: Quota settings the construction tries on small fleets (share of scarce pools handed out).
+QUOTA_CAPACITY_RATIOS: tuple[float | None, ...] = (1.0, 0.85, 0.7, None)
+#: A replica on a pool where its model reaches less than this share of its best tokens/s per
+#: GPU is "misplaced": ruin and recreate tries to move it by displacing flexible models.
+MISPLACED_EFFICIENCY_RATIO = 0.5
 #: Consolidation stops after this many least-filled GPUs in a row could not be emptied.
 MAX_CONSOLIDATION_FAILURES = 8
+#: Relative noise on pattern values in every other recreate round, to leave plateaus.
+IMPROVEMENT_NOISE_RATIO = 0.2
 _IMPROVEMENT_SEED = 20240611  # fixed: same problem, same placement
 
 
@@ -420,13 +433,40 @@ class _Packer:
         self.order: list[list[int]] = []
         self.by_model: list[dict[str, list[int]]] = []
         for p, eligible in enumerate(ix.pool_options):
-            self.order.append(sorted(eligible, key=lambda o, p=p: self._order_key(o, p)))
+            self.order.append(sorted(eligible, key=functools.partial(self._order_key, p=p)))
             groups: dict[str, list[int]] = {}
             for o in eligible:
                 groups.setdefault(self.options[o].model, []).append(o)
             self.by_model.append(groups)
+        # Best tokens/s per GPU of pool p, per model: the exchange rate between pools.
+        self.eff: list[dict[str, float]] = []
+        for p, eligible in enumerate(ix.pool_options):
+            rates: dict[str, float] = {}
+            for o in eligible:
+                opt = self.options[o]
+                rate = opt.tokens_per_s / ix.size_ratio[(o, p)]
+                rates[opt.model] = max(rates.get(opt.model, 0.0), rate)
+            self.eff.append(rates)
+        # Flat per-option lookups: the pattern search is the hot loop.
+        self.model_of = [o.model for o in self.options]
+        self.tokens_of = [o.tokens_per_s for o in self.options]
+        self.mem_of = [o.memory_bytes for o in self.options]
+        self.share_of = [o.compute_share for o in self.options]
+        self.profile_of = [o.mig_profile or "" for o in self.options]
+        self.min_mem = [min((self.mem_of[o] for o in e), default=0) for e in ix.pool_options]
+        self.min_share = [min((self.share_of[o] for o in e), default=1.0) for e in ix.pool_options]
+        # Effort: small problems (GPUs needed × options within the work budget) get two fill
+        # strategies and more seeds per pattern; 2,000-GPU fleets one strategy, fewer seeds.
+        gpus_estimate = sum(d / self.best[m] for m, d in self.demand.items())
+        self.thorough = gpus_estimate * len(self.options) <= IMPROVEMENT_WORK_BUDGET
+        self.pattern_seeds = PATTERN_SEEDS if self.thorough else FAST_PATTERN_SEEDS
         self.layout_slots = [[Counter(lay) for lay in pool.mig_layouts] for pool in self.pools]
         self.gpus: list[_Gpu] = []
+        # Share of a scarce pool's free GPUs the quota split may hand out (None: no quotas).
+        self.quota_capacity_ratio: float | None = 1.0
+        # Seeded noise on pattern choice, only during ruin and recreate.
+        self.rng = random.Random(_IMPROVEMENT_SEED)
+        self.noise = 0.0
 
     def _order_key(self, o: int, p: int) -> tuple[float, float, int]:
         size = self.ix.size_ratio[(o, p)]
@@ -501,28 +541,28 @@ class _Packer:
 
     def _pattern(self, p: int, remaining: Mapping[str, float], gpu: _Gpu | None) -> _Pattern | None:
         """Best content found for one GPU of pool p (its free room if `gpu` is given)."""
-        alive = [
-            o
-            for o in self.order[p]
-            if remaining[self.options[o].model] > self.tol[self.options[o].model]
-        ]
+        tol = self.tol
+        model_of = self.model_of
+        alive = [o for o in self.order[p] if remaining[model_of[o]] > tol[model_of[o]]]
         if not alive:
             return None
         best: _Pattern | None = None
         for cap in self._capacities(p, gpu):
-            for seed in [None, *self._seeds(alive, cap, remaining)]:
-                pattern = self._fill(p, remaining, cap, alive, seed)
-                if best is None or (round(pattern.value, 9), -pattern.watts) > (
-                    round(best.value, 9),
-                    -best.watts,
-                ):
-                    best = pattern
+            starts: list[int | None] = [None, *self._seeds(alive, cap, remaining)]
+            for seed in starts:
+                for by_value in (False, True) if self.thorough else (False,):
+                    pattern = self._fill(p, remaining, cap, alive, seed, by_value)
+                    if best is None or (round(pattern.value, 9), -pattern.watts) > (
+                        round(best.value, 9),
+                        -best.watts,
+                    ):
+                        best = pattern
         return best
 
     def _fits(self, cap: _Capacity, o: int) -> int:
-        opt = self.options[o]
         if cap.slots is not None:
-            return cap.slots.get(opt.mig_profile or "", 0)
+            return cap.slots.get(self.profile_of[o], 0)
+        opt = self.options[o]
         return _fit(cap.mem_free_bytes, cap.compute_free, opt.memory_bytes, opt.compute_share)
 
     def _seeds(
@@ -531,14 +571,15 @@ class _Packer:
         """Options that serve the most on their own: filling with them first avoids the greedy
         taking a dense option whose leftover room nothing else can use."""
         scored = []
+        tokens = self.tokens_of
         for o in alive:
-            opt = self.options[o]
-            left = remaining[opt.model]
-            n = min(self._fits(cap, o), _replicas_for(left, opt.tokens_per_s))
+            m = self.model_of[o]
+            left = remaining[m]
+            n = min(self._fits(cap, o), _replicas_for(left, tokens[o]))
             if n > 0:
-                scored.append((-min(n * opt.tokens_per_s, left) / self.best[opt.model], o))
+                scored.append((-min(n * tokens[o], left) / self.best[m], o))
         scored.sort()
-        return [o for _, o in scored[:PATTERN_SEEDS]]
+        return [o for _, o in scored[: self.pattern_seeds]]
 
     def _fill(
         self,
@@ -547,67 +588,97 @@ class _Packer:
         start: _Capacity,
         alive: Sequence[int],
         seed: int | None,
+        by_value: bool,
     ) -> _Pattern:
-        """Greedy content for the free room `start`: the seed first, then whole replicas the
-        remaining demand fully uses (densest first), then demand tails."""
-        cap = _Capacity(
-            start.mem_free_bytes,
-            start.compute_free,
-            None if start.slots is None else dict(start.slots),
-            start.layout,
-        )
+        """Greedy content for the free room `start`: the seed first; then whole replicas the
+        remaining demand fully uses, densest first (or, `by_value`, whichever option adds the
+        most value to the room left); then demand tails."""
+        mig = start.slots is not None
+        slots = dict(start.slots) if start.slots is not None else {}
+        mem_free = start.mem_free_bytes
+        compute_free = start.compute_free
         counts: dict[int, int] = {}
         supply: dict[str, float] = {}
+        model_of, tokens_of, profile_of = self.model_of, self.tokens_of, self.profile_of
+        mem_of, share_of, tol, best = self.mem_of, self.share_of, self.tol, self.best
+        min_mem, min_share = self.min_mem[p], self.min_share[p]
+
+        def fits(o: int) -> int:
+            if mig:
+                return slots.get(profile_of[o], 0)
+            return _fit(mem_free, compute_free, mem_of[o], share_of[o])
 
         def add(o: int, n: int) -> None:
-            opt = self.options[o]
+            nonlocal mem_free, compute_free
+            m = model_of[o]
             counts[o] = counts.get(o, 0) + n
-            supply[opt.model] = supply.get(opt.model, 0.0) + n * opt.tokens_per_s
-            if cap.slots is not None:
-                profile = opt.mig_profile or ""
-                cap.slots[profile] -= n
+            supply[m] = supply.get(m, 0.0) + n * tokens_of[o]
+            if mig:
+                slots[profile_of[o]] -= n
             else:
-                cap.mem_free_bytes -= n * opt.memory_bytes
-                cap.compute_free -= n * opt.compute_share
+                mem_free -= n * mem_of[o]
+                compute_free -= n * share_of[o]
 
-        def left_of(model: str) -> float:
-            return remaining[model] - supply.get(model, 0.0)
+        def full() -> bool:
+            if mig:
+                return not any(v > 0 for v in slots.values())
+            return mem_free < min_mem or compute_free + COMPUTE_SHARE_TOLERANCE < min_share
 
         if seed is not None:
-            opt = self.options[seed]
-            add(
-                seed,
-                min(self._fits(cap, seed), _replicas_for(left_of(opt.model), opt.tokens_per_s)),
-            )
-        for o in alive:
-            opt = self.options[o]
-            left = left_of(opt.model)
-            if left <= self.tol[opt.model]:
-                continue
-            n = min(int(left / opt.tokens_per_s + DEMAND_TOLERANCE_RATIO), self._fits(cap, o))
-            if n > 0:
-                add(o, n)
-        # Tails (less than one replica of the densest option): largest first, each with the
-        # option that serves most of it per GPU fraction.
-        tails = []
-        for m, opts in self.by_model[p].items():
-            left = left_of(m) if m in remaining else 0.0
-            if left > self.tol[m]:
-                tails.append((-left / self.best[m], m, opts))
-        for _, m, opts in sorted(tails):
-            left = left_of(m)
-            choice: tuple[float, int] | None = None
-            for o in opts:
-                if self._fits(cap, o) <= 0:
+            m = model_of[seed]
+            left = remaining[m]
+            add(seed, min(fits(seed), _replicas_for(left, tokens_of[seed])))
+        if by_value:
+            while not full():
+                pick: tuple[float, int, int] | None = None
+                for o in alive:
+                    m = model_of[o]
+                    left = remaining[m] - supply.get(m, 0.0)
+                    if left <= tol[m]:
+                        continue
+                    n = min(fits(o), _replicas_for(left, tokens_of[o]))
+                    if n > 0:
+                        gain = min(n * tokens_of[o], left) / best[m]
+                        if pick is None or gain > pick[0]:
+                            pick = (gain, o, n)
+                if pick is None:
+                    break
+                add(pick[1], pick[2])
+        else:
+            for o in alive:
+                if full():
+                    break
+                m = model_of[o]
+                left = remaining[m] - supply.get(m, 0.0)
+                if left <= tol[m]:
                     continue
-                opt = self.options[o]
-                score = min(opt.tokens_per_s, left) / self.ix.size_ratio[(o, p)]
-                if choice is None or score > choice[0]:
-                    choice = (score, o)
-            if choice is not None:
-                o = choice[1]
-                add(o, min(_replicas_for(left, self.options[o].tokens_per_s), self._fits(cap, o)))
-        value = sum(min(s, remaining[m]) / self.best[m] for m, s in supply.items())
+                n = min(int(left / tokens_of[o] + DEMAND_TOLERANCE_RATIO), fits(o))
+                if n > 0:
+                    add(o, n)
+            # Tails (less than one replica of the densest option): largest first, each with
+            # the option that serves most of it per GPU fraction.
+            if not full():
+                tails = []
+                for m, opts in self.by_model[p].items():
+                    left = remaining[m] - supply.get(m, 0.0)
+                    if left > tol[m]:
+                        tails.append((-left / best[m], m, opts))
+                tails.sort()
+                for _, m, opts in tails:
+                    if full():
+                        break
+                    left = remaining[m] - supply.get(m, 0.0)
+                    choice: tuple[float, int] | None = None
+                    for o in opts:
+                        if fits(o) <= 0:
+                            continue
+                        score = min(tokens_of[o], left) / self.ix.size_ratio[(o, p)]
+                        if choice is None or score > choice[0]:
+                            choice = (score, o)
+                    if choice is not None:
+                        o = choice[1]
+                        add(o, min(_replicas_for(left, tokens_of[o]), fits(o)))
+        value = sum(min(v, remaining[m]) / best[m] for m, v in supply.items())
         watts = sum(n * self.options[o].watts for o, n in counts.items())
         return _Pattern(counts, supply, value, watts, start.layout)
 
@@ -631,24 +702,85 @@ class _Packer:
             for m, s in pattern.supply.items():
                 remaining[m] = max(remaining[m] - s, 0.0)
 
-    def open_gpus(self, remaining: dict[str, float]) -> None:
-        """Open GPUs pattern by pattern; pools evaluated lazily (a pattern's value only drops as
-        demand gets served, so a stale value is an upper bound)."""
+    def free_gpus(self) -> list[int]:
         free = [pool.count for pool in self.pools]
         for gpu in self.gpus:
             free[gpu.pool] -= 1
+        return free
+
+    def pool_quotas(self, remaining: Mapping[str, float]) -> dict[int, dict[str, float]]:
+        """Split demand across pools where GPUs are scarce (Vogel's approximation).
+
+        Serving everything on each model's best pool can exhaust a pool that another model
+        needs more, e.g. H100s taken by a model that also runs well on MIG slices while the
+        next model only fits H100 or slow L4s. In GPU units (tokens/s over the model's best
+        tokens/s per GPU of the pool), the model that loses most by missing its best pool gets
+        it first. Returns tokens/s quotas for pools this allocation fills up (with a margin for
+        packing losses); pools with room to spare get no quota and serve any model.
+        """
+        if self.quota_capacity_ratio is None:
+            return {}
+        free = [n * self.quota_capacity_ratio for n in self.free_gpus()]
+        left = {m: r for m, r in remaining.items() if r > self.tol[m]}
+        quotas: dict[int, dict[str, float]] = {}
+        while left:
+            pick: tuple[float, str, int] | None = None
+            for m, r in left.items():
+                costs = sorted(
+                    (1.0 / self.eff[p][m], p)
+                    for p in range(len(self.pools))
+                    if free[p] > 0 and m in self.eff[p]
+                )
+                if not costs:
+                    continue
+                regret = r * (costs[1][0] - costs[0][0]) if len(costs) > 1 else math.inf
+                if pick is None or regret > pick[0]:
+                    pick = (regret, m, costs[0][1])
+            if pick is None:
+                break
+            _, m, p = pick
+            served = min(left[m], free[p] * self.eff[p][m])
+            quotas.setdefault(p, {})[m] = served
+            free[p] -= served / self.eff[p][m]
+            left[m] -= served
+            if left[m] <= self.tol[m]:
+                del left[m]
+        scarce = {
+            p
+            for p, pool in enumerate(self.pools)
+            if free[p] < SCARCE_POOL_MARGIN_RATIO * pool.count + 1.0
+        }
+        return {p: q for p, q in quotas.items() if p in scarce}
+
+    def open_gpus(
+        self,
+        remaining: dict[str, float],
+        quotas: dict[int, dict[str, float]] | None = None,
+    ) -> None:
+        """Open GPUs pattern by pattern; pools evaluated lazily (a pattern's value only drops as
+        demand gets served, so a stale value is an upper bound). With `quotas`, a scarce pool
+        serves only up to each model's quota there."""
+        free = self.free_gpus()
         version = 0
         cached: dict[int, tuple[int, _Pattern]] = {}
         heap: list[tuple[tuple[float, float, int], int]] = []
 
+        def view(p: int) -> dict[str, float]:
+            if quotas is None or p not in quotas:
+                return remaining
+            return {m: min(r, quotas[p].get(m, 0.0)) for m, r in remaining.items()}
+
         def evaluate(p: int) -> None:
-            pattern = self._pattern(p, remaining, None)
+            pattern = self._pattern(p, view(p), None)
             if pattern is None or pattern.value <= 0:
                 return
             cached[p] = (version, pattern)
             idle = self.pools[p].idle_watts
             # Most GPU equivalents first; ties go to the lower power per equivalent.
-            key = (-round(pattern.value, 9), (idle + pattern.watts) / pattern.value, p)
+            value = pattern.value
+            if self.noise:
+                value *= 1.0 + self.noise * (self.rng.random() - 0.5)
+            key = (-round(value, 9), (idle + pattern.watts) / pattern.value, p)
             heapq.heappush(heap, (key, p))
 
         for p in range(len(self.pools)):
@@ -660,9 +792,10 @@ class _Packer:
             if seen != version:
                 evaluate(p)  # stale: recompute and let the heap order it again
                 continue
+            wanted = view(p)
             repeat = free[p]
             for m, s in pattern.supply.items():
-                repeat = min(repeat, int(remaining[m] / s + DEMAND_TOLERANCE_RATIO))
+                repeat = min(repeat, int(wanted[m] / s + DEMAND_TOLERANCE_RATIO))
             repeat = max(repeat, 1)
             for _ in range(repeat):
                 pool = self.pools[p]
@@ -672,50 +805,159 @@ class _Packer:
             free[p] -= repeat
             for m, s in pattern.supply.items():
                 remaining[m] = max(remaining[m] - repeat * s, 0.0)
+                if quotas is not None and p in quotas and m in quotas[p]:
+                    quotas[p][m] = max(quotas[p][m] - repeat * s, 0.0)
             version += 1
             if free[p] > 0:
                 evaluate(p)
 
     # -- improvement --------------------------------------------------------------------------
 
-    def improve(self) -> None:
-        """Ruin and recreate on small fleets (see the module notes)."""
+    def _rounds(self) -> int:
         work = max(len(self.gpus), 1) * max(len(self.options), 1)
-        rounds = min(MAX_IMPROVEMENT_ROUNDS, IMPROVEMENT_WORK_BUDGET // work)
+        return min(MAX_IMPROVEMENT_ROUNDS, IMPROVEMENT_WORK_BUDGET // work)
+
+    def construct(self) -> None:
+        """Greedy construction; on small fleets once per quota setting, keeping the best.
+
+        The quota split counts GPUs as if they could be filled completely; fragmentation makes
+        scarce pools hold less, so tighter settings (and none at all) are tried as well.
+        """
+        best: tuple[tuple[float, int, float], list[_Gpu], float | None] | None = None
+        for ratio in QUOTA_CAPACITY_RATIOS:
+            self.gpus = []
+            self.quota_capacity_ratio = ratio
+            self.recreate()
+            self.trim()
+            self.consolidate()
+            self.trim()
+            cost = self.cost()
+            if best is None or cost < best[0]:
+                best = (cost, self.gpus, ratio)
+            if self._rounds() <= 1:
+                break  # big fleet: one construction only
+        assert best is not None
+        _, self.gpus, self.quota_capacity_ratio = best
+
+    def improve(self) -> None:
+        """Ruin and recreate on small fleets (see the module notes).
+
+        The walk accepts any state with no more unmet demand and GPUs than the current one, so
+        it can drift across placements of equal GPU count (with seeded noise in the greedy)
+        until one lets a GPU go; the best state by (unmet, GPUs, power) is kept.
+        """
+        rounds = self._rounds()
         if rounds <= 1 or len(self.gpus) <= 1:
             return
-        rng = random.Random(_IMPROVEMENT_SEED)
+        self.rng = random.Random(_IMPROVEMENT_SEED)
         models = sorted(self.demand)
-        best_gpus = [g.copy() for g in self.gpus]
-        best_cost = self.cost()
-        for r in range(rounds):
-            self.gpus = [g.copy() for g in best_gpus]
-            kind = r % 3
-            if kind == 0:
-                k = 1 + (r // 3) % 3
-                victims = sorted(
-                    range(len(self.gpus)), key=lambda i: self._fill_ratio(self.gpus[i])
-                )[:k]
-            elif kind == 1:
-                model = models[(r // 3) % len(models)]
-                victims = [
-                    i
-                    for i, g in enumerate(self.gpus)
-                    if any(self.options[o].model == model for o in g.counts)
-                ]
+        best_gpus = current = [g.copy() for g in self.gpus]
+        best_cost = current_cost = self.cost()
+        for round_index in range(rounds):
+            self.gpus = [g.copy() for g in current]
+            self.noise = IMPROVEMENT_NOISE_RATIO if round_index % 2 else 0.0
+            first = self._unmet_models()
+            misplaced = self._misplaced_models()
+            if first and round_index % 2 == 0:
+                self._make_room(first)
+            elif misplaced and round_index % 4 == 1:
+                first = misplaced
+                self._promote(misplaced)
             else:
-                size = max(2, len(self.gpus) // 3)
-                victims = rng.sample(range(len(self.gpus)), min(size, len(self.gpus)))
-            drop = set(victims)
-            self.gpus = [g for i, g in enumerate(self.gpus) if i not in drop]
-            remaining = self.remaining()
-            self.fill_free_room(remaining)
-            self.open_gpus(remaining)
+                self._ruin(round_index, models)
+            self.recreate(first=first)
+            self.trim()
+            self.consolidate()
             self.trim()
             cost = self.cost()
             if cost < best_cost:
                 best_cost, best_gpus = cost, [g.copy() for g in self.gpus]
+            if cost[:2] <= current_cost[:2]:
+                current_cost, current = cost, [g.copy() for g in self.gpus]
+        self.noise = 0.0
         self.gpus = best_gpus
+
+    def _unmet_models(self) -> set[str]:
+        return {m for m, v in self.remaining().items() if v > self.tol[m]}
+
+    def _make_room(self, unmet: set[str]) -> None:
+        """Clear the GPUs, in pools an unmet model can use, that host only other models."""
+        pools = {p for p, groups in enumerate(self.by_model) if unmet & groups.keys()}
+        self.gpus = [
+            g
+            for g in self.gpus
+            if g.pool not in pools or any(self.options[o].model in unmet for o in g.counts)
+        ]
+
+    def _misplaced_models(self) -> set[str]:
+        """Models with replicas on a pool where they run far below their best efficiency."""
+        return {
+            self.options[o].model
+            for g in self.gpus
+            for o in g.counts
+            if self.eff[g.pool][self.options[o].model]
+            < MISPLACED_EFFICIENCY_RATIO * self.best[self.options[o].model]
+        }
+
+    def _promote(self, misplaced: set[str]) -> None:
+        """Clear the GPUs holding misplaced replicas, and, in the pools those models run well
+        on, the GPUs whose models all run well elsewhere too: the misplaced models get them."""
+        good_pools = {
+            p
+            for p, rates in enumerate(self.eff)
+            for m in misplaced
+            if rates.get(m, 0.0) >= MISPLACED_EFFICIENCY_RATIO * self.best[m]
+        }
+
+        def flexible(model: str) -> bool:
+            good = [rates.get(model, 0.0) for rates in self.eff]
+            good = [r for r in good if r >= MISPLACED_EFFICIENCY_RATIO * self.best[model]]
+            return len(good) >= 2 and model not in misplaced
+
+        def cleared(g: _Gpu) -> bool:
+            models = {self.options[o].model for o in g.counts}
+            poor = any(
+                self.eff[g.pool][m] < MISPLACED_EFFICIENCY_RATIO * self.best[m] for m in models
+            )
+            return (poor and bool(models & misplaced)) or (
+                g.pool in good_pools and all(flexible(m) for m in models)
+            )
+
+        self.gpus = [g for g in self.gpus if not cleared(g)]
+
+    def recreate(self, first: set[str] | None = None) -> None:
+        """Serve the remaining demand: models in `first` get the free GPUs before the others,
+        then everything goes through a quota-guided and an unrestricted pass."""
+        remaining = self.remaining()
+        if first:
+            head = {m: (v if m in first else 0.0) for m, v in remaining.items()}
+            self.fill_free_room(head)
+            self.open_gpus(head)
+            remaining = self.remaining()
+        self.fill_free_room(remaining)
+        self.open_gpus(remaining, self.pool_quotas(remaining))
+        if any(v > self.tol[m] for m, v in remaining.items()):
+            self.fill_free_room(remaining)
+            self.open_gpus(remaining)
+
+    def _ruin(self, round_index: int, models: Sequence[str]) -> None:
+        """Clear GPUs: the k least filled, every GPU of one model, or a random third."""
+        kind = round_index % 3
+        count = len(self.gpus)
+        if kind == 0:
+            k = 1 + (round_index // 3) % 3
+            victims = sorted(range(count), key=lambda i: self._fill_ratio(self.gpus[i]))[:k]
+        elif kind == 1:
+            model = models[(round_index // 3) % len(models)]
+            victims = [
+                i
+                for i, g in enumerate(self.gpus)
+                if any(self.options[o].model == model for o in g.counts)
+            ]
+        else:
+            victims = self.rng.sample(range(count), min(max(2, count // 3), count))
+        drop = set(victims)
+        self.gpus = [g for i, g in enumerate(self.gpus) if i not in drop]
 
     def trim(self) -> None:
         """Drop replicas the demand does not need: least-filled GPUs, hungriest options first."""
@@ -844,8 +1086,7 @@ def pack_heuristic(problem: PackingProblem) -> PackingResult:
     """
     ix = index_problem(problem)
     packer = _Packer(ix)
-    packer.open_gpus(dict(ix.demand_tokens_per_s))
-    packer.trim()
+    packer.construct()
     packer.improve()
     packer.consolidate()
     packer.trim()

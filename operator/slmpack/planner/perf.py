@@ -49,6 +49,9 @@ from slmpack.planner.types import EngineSettings, PerfPoint, SharingMode, Worklo
 
 #: Fixed-point iterations for the co-location model; it converges in well under 30.
 _FIXED_POINT_ITERATIONS = 60
+_FIXED_POINT_TOLERANCE = 1e-7
+#: The operating batch is found to this share of the largest batch (well below one sequence).
+_BISECTION_TOLERANCE = 1e-3
 
 
 @dataclass(frozen=True)
@@ -211,12 +214,17 @@ def colocated_cycle(
     gpu_phase = step.gpu_s
     cycle = _combine(step.cpu_s, gpu_phase, params.cpu_gpu_overlap_ratio)
     contenders = 1.0
+    if engines == 1:
+        return Cycle(step, cycle, gpu_phase, contenders)
     for _ in range(_FIXED_POINT_ITERATIONS):
         contenders = 1.0 + (engines - 1) * min(1.0, gpu_phase / cycle)
         speed = _speedup(mode, contenders, solo_util, params)
         target = step.gpu_s * contenders / speed
+        previous = gpu_phase
         gpu_phase = 0.5 * gpu_phase + 0.5 * target  # damped: the map oscillates undamped
         cycle = _combine(step.cpu_s, gpu_phase, params.cpu_gpu_overlap_ratio)
+        if abs(gpu_phase - previous) <= _FIXED_POINT_TOLERANCE * gpu_phase:
+            break
     return Cycle(step, cycle, gpu_phase, contenders)
 
 
@@ -340,7 +348,7 @@ def _operating_cycle(
         shape.device,
         params,
     )
-    for _ in range(40):
+    while high - low > _BISECTION_TOLERANCE * max_batch:
         mid = (low + high) / 2
         cycle = colocated_cycle(
             engine_step(model, engine, workload, shape.device, params, max(mid, 1e-3)),
