@@ -43,7 +43,9 @@ def opt(
     watts: float = 100.0,
     profile: str | None = None,
 ) -> ReplicaOption:
-    return ReplicaOption(model, f"{pool}-product", int(memory_gb * GB), share, tokens, watts, profile)
+    return ReplicaOption(
+        model, f"{pool}-product", int(memory_gb * GB), share, tokens, watts, profile
+    )
 
 
 def problem(
@@ -158,11 +160,15 @@ def test_mig_layout_matches_the_demanded_profiles(solve) -> None:  # type: ignor
         ReplicaOption("a", "A100", 30 * GB, 1.0, 100.0, 150.0, "3g.40gb"),
         ReplicaOption("b", "A100", 8 * GB, 1.0, 30.0, 50.0, "1g.10gb"),
     ]
-    prob = PackingProblem((mig,), tuple(options), (ModelDemand("a", 100.0), ModelDemand("b", 120.0)))
+    prob = PackingProblem(
+        (mig,), tuple(options), (ModelDemand("a", 100.0), ModelDemand("b", 120.0))
+    )
     result = solve(prob)
     check_placement(prob, result)
     assert result.gpus_used == 1
-    assert result.mig_layouts == {("a100", 0): ("3g.40gb", "1g.10gb", "1g.10gb", "1g.10gb", "1g.10gb")}
+    assert result.mig_layouts == {
+        ("a100", 0): ("3g.40gb", "1g.10gb", "1g.10gb", "1g.10gb", "1g.10gb")
+    }
 
 
 @pytest.mark.parametrize("solve", SOLVERS)
@@ -280,19 +286,25 @@ def test_malformed_problems_are_rejected(
 
 # -- property tests ---------------------------------------------------------------------------
 
-MIG_PROFILES = ("1g.10gb", "3g.40gb", "7g.80gb")
-
 
 @st.composite
 def problems(draw: st.DrawFn, max_models: int = 3, max_count: int = 6) -> PackingProblem:
     pools = [
-        GpuPool("big", "G80", draw(st.integers(1, max_count)), 80 * GB, draw(st.sampled_from([40.0, 70.0])))
+        GpuPool(
+            "big",
+            "G80",
+            draw(st.integers(1, max_count)),
+            80 * GB,
+            draw(st.sampled_from([40.0, 70.0])),
+        )
     ]
     if draw(st.booleans()):
         pools.append(GpuPool("small", "G24", draw(st.integers(1, max_count)), 24 * GB, 15.0))
     if draw(st.booleans()):
         layouts = draw(st.lists(st.sampled_from(A100_LAYOUTS), min_size=1, max_size=3, unique=True))
-        pools.append(GpuPool("mig", "G80M", draw(st.integers(1, max_count)), 80 * GB, 50.0, tuple(layouts)))
+        pools.append(
+            GpuPool("mig", "G80M", draw(st.integers(1, max_count)), 80 * GB, 50.0, tuple(layouts))
+        )
     options: list[ReplicaOption] = []
     demands: list[ModelDemand] = []
     for i in range(draw(st.integers(1, max_models))):
@@ -302,8 +314,11 @@ def problems(draw: st.DrawFn, max_models: int = 3, max_count: int = 6) -> Packin
                 tokens = draw(st.floats(10.0, 400.0))
                 watts = draw(st.floats(0.0, 300.0))
                 if pool.mig_layouts:
-                    profile = draw(st.sampled_from(MIG_PROFILES))
-                    options.append(ReplicaOption(model, pool.product, 5 * GB, 1.0, tokens, watts, profile))
+                    offered = sorted({q for layout in pool.mig_layouts for q in layout})
+                    profile = draw(st.sampled_from(offered))
+                    options.append(
+                        ReplicaOption(model, pool.product, 5 * GB, 1.0, tokens, watts, profile)
+                    )
                 else:
                     memory = draw(st.integers(2, min(40, pool.memory_bytes // GB))) * GB
                     share = draw(st.floats(0.1, 1.0))
@@ -314,7 +329,9 @@ def problems(draw: st.DrawFn, max_models: int = 3, max_count: int = 6) -> Packin
     return PackingProblem(tuple(pools), tuple(options), tuple(demands))
 
 
-@settings(max_examples=150, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=150, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
+)
 @given(problems())
 def test_heuristic_placements_respect_every_capacity(prob: PackingProblem) -> None:
     result = pack_heuristic(prob)
@@ -323,7 +340,9 @@ def test_heuristic_placements_respect_every_capacity(prob: PackingProblem) -> No
     assert not result.optimal
 
 
-@settings(max_examples=30, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=30, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
+)
 @given(problems(max_models=2, max_count=4))
 def test_milp_is_never_worse_than_the_heuristic(prob: PackingProblem) -> None:
     heuristic = pack_heuristic(prob)
@@ -336,15 +355,22 @@ def test_milp_is_never_worse_than_the_heuristic(prob: PackingProblem) -> None:
         assert exact.gpus_lower_bound == exact.gpus_used
 
 
-@settings(max_examples=30, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=30, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
+)
 @given(problems(max_models=2, max_count=3))
 def test_milp_beats_one_replica_per_gpu(prob: PackingProblem) -> None:
     # Pools as large as the trivial placement (each replica alone on a GPU, with the option
     # serving most tokens): then that placement is feasible and bounds the optimum.
     best_tokens = {
-        d.model: max(o.tokens_per_s for o in prob.options if o.model == d.model) for d in prob.demands
+        d.model: max(o.tokens_per_s for o in prob.options if o.model == d.model)
+        for d in prob.demands
     }
-    trivial = sum(math.ceil(d.tokens_per_s / best_tokens[d.model] - 1e-9) for d in prob.demands)
+    trivial = sum(
+        max(1, math.ceil(d.tokens_per_s / best_tokens[d.model] - 1e-9))
+        for d in prob.demands
+        if d.tokens_per_s > 0
+    )
     pools = tuple(
         GpuPool(p.name, p.product, max(trivial, 1), p.memory_bytes, p.idle_watts, p.mig_layouts)
         for p in prob.pools

@@ -610,6 +610,8 @@ class _Packer:
 
         def add(o: int, n: int) -> None:
             nonlocal mem_free, compute_free
+            if n <= 0:
+                return
             m = model_of[o]
             counts[o] = counts.get(o, 0) + n
             supply[m] = supply.get(m, 0.0) + n * tokens_of[o]
@@ -1071,10 +1073,10 @@ class _Packer:
 
 
 def _replicas_for(tokens_per_s: float, per_replica_tokens_per_s: float) -> int:
-    """Replicas that serve `tokens_per_s` (ceil, forgiving float noise)."""
+    """Replicas that serve `tokens_per_s` > 0: at least one, then ceil forgiving float noise."""
     if tokens_per_s <= 0:
         return 0
-    return max(math.ceil(tokens_per_s / per_replica_tokens_per_s - DEMAND_TOLERANCE_RATIO), 0)
+    return max(math.ceil(tokens_per_s / per_replica_tokens_per_s - DEMAND_TOLERANCE_RATIO), 1)
 
 
 def pack_heuristic(problem: PackingProblem) -> PackingResult:

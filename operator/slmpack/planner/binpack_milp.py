@@ -14,7 +14,7 @@ Formulation, per pool p and GPU k (GPUs of a pool are interchangeable):
 Objective: Σ y + ε·(idle power of used GPUs + Σ replica power), ε chosen so that the power term
 of any minimal solution stays below 0.5: GPUs come strictly first, and an absolute MIP gap below
 0.5 already proves the GPU count. When the fleet is too small, a second solve adds a slack per
-model (its unmet fraction) weighted above every GPU, so the result shows how much is unmet.
+model (its unmet demand) weighted above every GPU, so the result shows how much is unmet.
 """
 
 from __future__ import annotations
@@ -159,17 +159,22 @@ def _build(ix: IndexedProblem, gpu_limits: list[int], with_slack: bool) -> _Mode
                 rows.add([*mem, (y, -1.0)], -np.inf, 0.0)
                 share = [(x, problem.options[o].compute_share) for o, x in xs]
                 rows.add([*share, (y, -(1.0 + COMPUTE_SHARE_TOLERANCE))], -np.inf, 0.0)
-    # Slack = unmet fraction of a model's demand. One replica's worth of it (tokens / demand)
-    # must cost more than all GPUs together, so serving demand comes first.
-    slack_weight = (total_gpus + 1.0) * max(
-        demand / min(problem.options[o].tokens_per_s for o in _options_of(ix, m))
-        for m, demand in ix.demand_tokens_per_s.items()
-    )
     for m, demand in ix.demand_tokens_per_s.items():
-        terms = [(x, tokens / demand) for x, tokens in supply_terms[m]]
+        # In units of the model's largest replica, so tiny and huge demands stay well scaled.
+        tokens = [problem.options[o].tokens_per_s for o in _options_of(ix, m)]
+        unit = max(tokens)
+        need = demand / unit
+        terms = [(x, t / unit) for x, t in supply_terms[m]]
         if with_slack:
-            terms.append((columns.add(slack_weight, 1.0, integer=False), 1.0))
-        rows.add(terms, 1.0 - DEMAND_TOLERANCE_RATIO, np.inf)
+            # Slack = unmet demand in units; the smallest replica's worth of it must cost more
+            # than all GPUs together, so serving demand comes first.
+            weight = (total_gpus + 1.0) * unit / min(tokens)
+            terms.append((columns.add(weight, need, integer=False), 1.0))
+        else:
+            # Any positive demand needs a replica; HiGHS's feasibility tolerance would accept
+            # none for a demand below it.
+            rows.add([(x, 1.0) for x, _ in supply_terms[m]], 1.0, np.inf)
+        rows.add(terms, need * (1.0 - DEMAND_TOLERANCE_RATIO), np.inf)
     return _Model(columns, rows, used, layouts, replicas)
 
 
@@ -220,6 +225,8 @@ def solve_milp(problem: PackingProblem, time_limit_s: float = 60.0) -> PackingRe
     bound.
     """
     ix = index_problem(problem)
+    if not ix.demand_tokens_per_s:
+        return build_result(ix, [], "milp", True, gpus_lower_bound=0)
     bound = pack_heuristic(problem)
     limits = [pool.count for pool in problem.pools]
     if bound.feasible:
