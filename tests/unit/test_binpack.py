@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter, defaultdict
+from collections.abc import Callable
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -27,6 +28,7 @@ A100_LAYOUTS = (
     ("3g.40gb", "1g.10gb", "1g.10gb", "1g.10gb", "1g.10gb"),
     ("1g.10gb",) * 7,
 )
+Solver = Callable[[PackingProblem], PackingResult]
 SOLVERS = [pytest.param(pack_heuristic, id="heuristic"), pytest.param(pack_milp, id="milp")]
 
 
@@ -74,7 +76,7 @@ def check_placement(problem: PackingProblem, result: PackingResult) -> None:
         if pool.mig_layouts:
             layout = result.mig_layouts[(name, index)]
             assert layout in pool.mig_layouts
-            used = Counter({o.mig_profile: 0 for o, _ in content})
+            used: Counter[str] = Counter()
             for o, n in content:
                 assert o.mig_profile is not None
                 used[o.mig_profile] += n
@@ -92,7 +94,7 @@ def check_placement(problem: PackingProblem, result: PackingResult) -> None:
     energy = sum(pools[name].idle_watts for name, _ in gpus)
     energy += sum(o.watts * n for content in gpus.values() for o, n in content)
     assert result.energy_watts == pytest.approx(energy)
-    supply: Counter[str] = Counter()
+    supply: dict[str, float] = defaultdict(float)
     for content in gpus.values():
         for o, n in content:
             supply[o.model] += o.tokens_per_s * n
@@ -110,7 +112,7 @@ def check_placement(problem: PackingProblem, result: PackingResult) -> None:
 
 
 @pytest.mark.parametrize("solve", SOLVERS)
-def test_three_30gb_replicas_need_two_80gb_gpus(solve) -> None:  # type: ignore[no-untyped-def]
+def test_three_30gb_replicas_need_two_80gb_gpus(solve: Solver) -> None:
     prob = problem([whole("h100", 4)], [opt("a", "h100", 30, 0.2, 100.0)], {"a": 300.0})
     result = solve(prob)
     check_placement(prob, result)
@@ -120,7 +122,7 @@ def test_three_30gb_replicas_need_two_80gb_gpus(solve) -> None:  # type: ignore[
 
 
 @pytest.mark.parametrize("solve", SOLVERS)
-def test_compute_share_binds_before_memory(solve) -> None:  # type: ignore[no-untyped-def]
+def test_compute_share_binds_before_memory(solve: Solver) -> None:
     # 10 GB replicas would fit 8 per GPU by memory, but 0.4 compute each allows only 2.
     prob = problem([whole("h100", 5)], [opt("a", "h100", 10, 0.4, 50.0)], {"a": 250.0})
     result = solve(prob)
@@ -129,7 +131,7 @@ def test_compute_share_binds_before_memory(solve) -> None:  # type: ignore[no-un
 
 
 @pytest.mark.parametrize("solve", SOLVERS)
-def test_two_models_share_gpus(solve) -> None:  # type: ignore[no-untyped-def]
+def test_two_models_share_gpus(solve: Solver) -> None:
     # Alone each model needs 2 GPUs (a: 50 GB, b: 0.6 compute); paired a+b fill a GPU exactly.
     options = [opt("a", "h100", 50, 0.4, 100.0), opt("b", "h100", 30, 0.6, 100.0)]
     prob = problem([whole("h100", 4)], options, {"a": 200.0, "b": 200.0})
@@ -143,7 +145,7 @@ def test_two_models_share_gpus(solve) -> None:  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.parametrize("solve", SOLVERS)
-def test_bigger_option_saves_a_gpu(solve) -> None:  # type: ignore[no-untyped-def]
+def test_bigger_option_saves_a_gpu(solve: Solver) -> None:
     # Two small replicas (0.6 compute each) need 2 GPUs; one big replica serves 180 alone.
     options = [opt("a", "h100", 20, 0.6, 100.0, 150.0), opt("a", "h100", 40, 0.9, 180.0, 250.0)]
     prob = problem([whole("h100", 4)], options, {"a": 180.0})
@@ -154,7 +156,7 @@ def test_bigger_option_saves_a_gpu(solve) -> None:  # type: ignore[no-untyped-de
 
 
 @pytest.mark.parametrize("solve", SOLVERS)
-def test_mig_layout_matches_the_demanded_profiles(solve) -> None:  # type: ignore[no-untyped-def]
+def test_mig_layout_matches_the_demanded_profiles(solve: Solver) -> None:
     mig = GpuPool("a100", "A100", 3, 80 * GB, 50.0, A100_LAYOUTS)
     options = [
         ReplicaOption("a", "A100", 30 * GB, 1.0, 100.0, 150.0, "3g.40gb"),
@@ -172,7 +174,7 @@ def test_mig_layout_matches_the_demanded_profiles(solve) -> None:  # type: ignor
 
 
 @pytest.mark.parametrize("solve", SOLVERS)
-def test_mig_instances_of_one_profile(solve) -> None:  # type: ignore[no-untyped-def]
+def test_mig_instances_of_one_profile(solve: Solver) -> None:
     mig = GpuPool("a100", "A100", 4, 80 * GB, 50.0, A100_LAYOUTS)
     option = ReplicaOption("a", "A100", 30 * GB, 1.0, 100.0, 150.0, "3g.40gb")
     prob = PackingProblem((mig,), (option,), (ModelDemand("a", 400.0),))
@@ -183,7 +185,7 @@ def test_mig_instances_of_one_profile(solve) -> None:  # type: ignore[no-untyped
 
 
 @pytest.mark.parametrize("solve", SOLVERS)
-def test_whole_gpu_options_stay_off_mig_pools(solve) -> None:  # type: ignore[no-untyped-def]
+def test_whole_gpu_options_stay_off_mig_pools(solve: Solver) -> None:
     pools = (
         GpuPool("a100-mig", "A100", 4, 80 * GB, 10.0, A100_LAYOUTS),
         GpuPool("a100", "A100", 4, 80 * GB, 90.0),
@@ -197,7 +199,7 @@ def test_whole_gpu_options_stay_off_mig_pools(solve) -> None:  # type: ignore[no
 
 
 @pytest.mark.parametrize("solve", SOLVERS)
-def test_lower_idle_power_wins_a_tie(solve) -> None:  # type: ignore[no-untyped-def]
+def test_lower_idle_power_wins_a_tie(solve: Solver) -> None:
     pools = [whole("hot", 2, idle=120.0), whole("cool", 2, idle=20.0)]
     options = [opt("a", "hot", 30, 0.5, 100.0), opt("a", "cool", 30, 0.5, 100.0)]
     prob = problem(pools, options, {"a": 200.0})
@@ -208,7 +210,7 @@ def test_lower_idle_power_wins_a_tie(solve) -> None:  # type: ignore[no-untyped-
 
 
 @pytest.mark.parametrize("solve", SOLVERS)
-def test_surplus_replicas_are_not_placed(solve) -> None:  # type: ignore[no-untyped-def]
+def test_surplus_replicas_are_not_placed(solve: Solver) -> None:
     # 150 tokens/s from 60-token replicas: 3 replicas, not 4 (the fourth only costs power).
     prob = problem([whole("h100", 2)], [opt("a", "h100", 10, 0.1, 60.0, 80.0)], {"a": 150.0})
     result = solve(prob)
@@ -217,7 +219,7 @@ def test_surplus_replicas_are_not_placed(solve) -> None:  # type: ignore[no-unty
 
 
 @pytest.mark.parametrize("solve", SOLVERS)
-def test_undersized_fleet_reports_unmet_demand(solve) -> None:  # type: ignore[no-untyped-def]
+def test_undersized_fleet_reports_unmet_demand(solve: Solver) -> None:
     # One GPU holds 2 replicas (200 tokens/s) of the 500 demanded.
     prob = problem([whole("h100", 1)], [opt("a", "h100", 30, 0.5, 100.0)], {"a": 500.0})
     result = solve(prob)
@@ -230,12 +232,29 @@ def test_undersized_fleet_reports_unmet_demand(solve) -> None:  # type: ignore[n
 
 
 @pytest.mark.parametrize("solve", SOLVERS)
-def test_zero_demand_places_nothing(solve) -> None:  # type: ignore[no-untyped-def]
+def test_zero_demand_places_nothing(solve: Solver) -> None:
     prob = problem([whole("h100", 2)], [opt("a", "h100", 30, 0.5, 100.0)], {"a": 0.0})
     result = solve(prob)
     assert result.placements == ()
     assert result.gpus_used == 0
     assert result.feasible
+
+
+@pytest.mark.parametrize("solve", SOLVERS)
+@pytest.mark.parametrize("tiny", [6e-8, 1e-300])
+def test_a_tiny_demand_still_gets_a_replica(solve: Solver, tiny: float) -> None:
+    # Tiny next to one replica: float noise must neither drop the replica nor the pattern.
+    pools = (whole("h100", 1, idle=70.0), GpuPool("mig", "A100", 4, 80 * GB, 50.0, A100_LAYOUTS))
+    options = (
+        opt("a", "h100", 26, 0.978, 394.8, 287.1),
+        opt("b", "h100", 26, 0.445, 375.3, 65.0),
+        ReplicaOption("b", "A100", 5 * GB, 1.0, 322.4, 120.7, "7g.80gb"),
+    )
+    prob = PackingProblem(pools, options, (ModelDemand("a", 241.8), ModelDemand("b", tiny)))
+    result = solve(prob)
+    check_placement(prob, result)
+    assert result.feasible
+    assert result.gpus_used == 2
 
 
 def test_milp_reports_proven_optimum() -> None:
@@ -244,6 +263,18 @@ def test_milp_reports_proven_optimum() -> None:
     assert result.optimal
     assert result.solver == "milp"
     assert result.gpus_lower_bound == 2
+
+
+def test_milp_time_limit_is_not_claimed_optimal() -> None:
+    # Awkward shares on a dozen GPUs: no proof fits in a millisecond; whatever HiGHS has by
+    # then (or the heuristic's placement if nothing) comes back valid but not optimal.
+    shares = [0.27, 0.33, 0.41, 0.46, 0.52, 0.61]
+    options = [opt(f"m{i}", "h100", 10 + 5 * i, s, 100.0 + 7 * i) for i, s in enumerate(shares)]
+    prob = problem([whole("h100", 12)], options, {f"m{i}": 290.0 + 11 * i for i in range(6)})
+    result = pack_milp(prob, time_limit_s=0.001)
+    check_placement(prob, result)
+    assert result.feasible
+    assert not result.optimal
 
 
 def test_heuristic_is_deterministic() -> None:

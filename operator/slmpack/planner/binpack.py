@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import heapq
+import itertools
 import math
 import random
 import re
@@ -350,35 +351,59 @@ def build_result(
 #    per GPU fraction). A pattern is a small knapsack, filled greedily from a few seeds. Replicas
 #    of a model are identical, so a pattern repeats while it overshoots no model's remaining
 #    demand: the loop runs about once per model, not once per GPU or replica.
-# 2. On small fleets, ruin and recreate: clear a few GPUs (least filled, one model's, or a
-#    seeded random subset), refill the free room of the others, open new GPUs for the rest;
-#    keep the result when it uses fewer GPUs (or as many and less power). The number of rounds
-#    shrinks with the fleet, so 2,000-GPU fleets skip it.
-# 3. Trim replicas the demand does not need (saves power), then consolidate: try to empty the
+#    Where a pool is scarce, a quota split (a greedy rounding of the LP relaxation) first caps
+#    what each model may take from it, so a model with good alternatives does not take the
+#    GPUs another model cannot do without; an unrestricted pass then serves what is left.
+# 2. Trim replicas the demand does not need (saves power), then consolidate: try to empty the
 #    least-filled GPUs into the free room of the others, switching options and MIG layouts.
+# 3. On small fleets only (the effort shrinks with GPUs × options, so 2,000-GPU fleets get
+#    step 1 and 2 once): the construction is repeated with other quota settings, then ruin
+#    and recreate walks the placements (clear a few GPUs: least filled, one model's, a seeded
+#    random subset, or those that keep an unmet or misplaced model out; refill the free room,
+#    open GPUs for the rest) and every pair of the least-filled GPUs is tried for a merge.
+#    The best placement by (unmet demand, GPUs, power) wins.
 # ---------------------------------------------------------------------------------------------
 
 #: Seeds per pattern search (each seed is one option placed first, then a greedy fill), on
 #: small problems and on big ones.
 PATTERN_SEEDS = 6
 FAST_PATTERN_SEEDS = 2
-#: Ruin-and-recreate rounds at most, and the work budget (GPUs × options per round) that scales
-#: them down on big fleets.
-MAX_IMPROVEMENT_ROUNDS = 60
-IMPROVEMENT_WORK_BUDGET = 400_000
+#: Ruin-and-recreate rounds at most, and the work budget that scales them down on bigger
+#: problems: a round evaluates patterns about once per GPU and per model, each over the
+#: options, so it costs about (GPUs + models) × options. Below the minimum rounds the
+#: heuristic runs in its fast mode: one construction, fewer seeds, one fill strategy, no ruin
+#: and recreate (2,000-GPU fleets).
+MAX_IMPROVEMENT_ROUNDS = 150
+MIN_IMPROVEMENT_ROUNDS = 10
+IMPROVEMENT_WORK_BUDGET = 200_000
 #: A pool counts as scarce when the fractional split leaves less than this share of it (+1 GPU)
 #: free: packing loses some room to fragmentation, so "nearly full" is full.
 SCARCE_POOL_MARGIN_RATIO = 0.15
 #: Quota settings the construction tries on small fleets (share of scarce pools handed out).
 QUOTA_CAPACITY_RATIOS: tuple[float | None, ...] = (1.0, 0.85, 0.7, None)
+#: A pool may turn out to hold more than the rate table says (co-location beats running alone).
+MAX_QUOTA_CAPACITY_RATIO = 2.0
+#: Constructions whose quota split is recalibrated with the fill each pool really reached.
+QUOTA_CALIBRATION_PASSES = 3
 #: A replica on a pool where its model reaches less than this share of its best tokens/s per
 #: GPU is "misplaced": ruin and recreate tries to move it by displacing flexible models.
 MISPLACED_EFFICIENCY_RATIO = 0.5
+#: Pair merging after ruin and recreate looks at pairs among this many least-filled GPUs; one
+#: candidate more per this many affordable rounds (the pairs grow quadratically).
+MERGE_CANDIDATES = 10
+MERGE_COST_ROUNDS = 15
+#: Constructions (one per quota setting) on small problems: one per this many rounds afforded.
+CONSTRUCTION_COST_ROUNDS = 8
 #: Consolidation stops after this many least-filled GPUs in a row could not be emptied.
 MAX_CONSOLIDATION_FAILURES = 8
 #: Relative noise on pattern values in every other recreate round, to leave plateaus.
 IMPROVEMENT_NOISE_RATIO = 0.2
 _IMPROVEMENT_SEED = 20240611  # fixed: same problem, same placement
+
+
+_Cost = tuple[float, int, int, float]
+# Quota split setting: capacity ratio per pool (None: no quotas) and the rate table it uses.
+_QuotaSetting = tuple[list[float] | None, list[dict[str, float]]]
 
 
 @dataclass
@@ -389,6 +414,7 @@ class _Capacity:
     compute_free: float
     slots: dict[str, int] | None
     layout: tuple[str, ...] | None
+    fresh: int | None = None  # an empty GPU: index of its precomputed seed order
 
 
 @dataclass
@@ -447,6 +473,34 @@ class _Packer:
                 rate = opt.tokens_per_s / ix.size_ratio[(o, p)]
                 rates[opt.model] = max(rates.get(opt.model, 0.0), rate)
             self.eff.append(rates)
+        # The same per GPU when a GPU runs one model alone: no co-location assumed. Pessimistic
+        # where small replicas could fill the gaps, but it sees that a 0.75-share replica
+        # wastes a quarter GPU; the quota split is tried with both.
+        self.eff_alone: list[dict[str, float]] = []
+        for p, eligible in enumerate(ix.pool_options):
+            pool = self.pools[p]
+            alone: dict[str, float] = {}
+            if pool.is_mig:
+                for layout in pool.mig_layouts:
+                    per_model: dict[str, float] = {}
+                    for q, n in Counter(layout).items():
+                        best_q: dict[str, float] = {}
+                        for o in eligible:
+                            opt = self.options[o]
+                            if opt.mig_profile == q:
+                                best_q[opt.model] = max(
+                                    best_q.get(opt.model, 0.0), opt.tokens_per_s
+                                )
+                        for m, t in best_q.items():
+                            per_model[m] = per_model.get(m, 0.0) + n * t
+                    for m, t in per_model.items():
+                        alone[m] = max(alone.get(m, 0.0), t)
+            else:
+                for o in eligible:
+                    opt = self.options[o]
+                    t = ix.alone_capacity[(o, p)] * opt.tokens_per_s
+                    alone[opt.model] = max(alone.get(opt.model, 0.0), t)
+            self.eff_alone.append(alone)
         # Flat per-option lookups: the pattern search is the hot loop.
         self.model_of = [o.model for o in self.options]
         self.tokens_of = [o.tokens_per_s for o in self.options]
@@ -455,15 +509,41 @@ class _Packer:
         self.profile_of = [o.mig_profile or "" for o in self.options]
         self.min_mem = [min((self.mem_of[o] for o in e), default=0) for e in ix.pool_options]
         self.min_share = [min((self.share_of[o] for o in e), default=1.0) for e in ix.pool_options]
-        # Effort: small problems (GPUs needed × options within the work budget) get two fill
-        # strategies and more seeds per pattern; 2,000-GPU fleets one strategy, fewer seeds.
+        # Effort: small problems (enough ruin-and-recreate rounds in the work budget) get two
+        # fill strategies and more seeds per pattern; big ones run the fast mode.
         gpus_estimate = sum(d / self.best[m] for m, d in self.demand.items())
-        self.thorough = gpus_estimate * len(self.options) <= IMPROVEMENT_WORK_BUDGET
+        self.units = _rounds_for(gpus_estimate, len(self.demand), len(self.options))
+        self.thorough = self.units >= MIN_IMPROVEMENT_ROUNDS
         self.pattern_seeds = PATTERN_SEEDS if self.thorough else FAST_PATTERN_SEEDS
         self.layout_slots = [[Counter(lay) for lay in pool.mig_layouts] for pool in self.pools]
+        # Per pool and empty-GPU capacity (one, or one per MIG layout): options by the most
+        # GPU equivalents they could serve alone there, the bound the seed scan stops on.
+        self.seed_order: list[list[list[tuple[float, int]]]] = []
+        for p, eligible in enumerate(ix.pool_options):
+            if self.pools[p].is_mig:
+                fits = [
+                    {o: slots[self.profile_of[o]] for o in eligible}
+                    for slots in self.layout_slots[p]
+                ]
+            else:
+                fits = [{o: ix.alone_capacity[(o, p)] for o in eligible}]
+            self.seed_order.append(
+                [
+                    sorted(
+                        (
+                            (n * self.tokens_of[o] / self.best[self.model_of[o]], o)
+                            for o, n in fit.items()
+                            if n > 0
+                        ),
+                        key=lambda t: (-t[0], t[1]),
+                    )
+                    for fit in fits
+                ]
+            )
         self.gpus: list[_Gpu] = []
         # Share of a scarce pool's free GPUs the quota split may hand out (None: no quotas).
-        self.quota_capacity_ratio: float | None = 1.0
+        self.quota_capacity_ratio: list[float] | None = [1.0] * len(self.pools)
+        self.quota_rates = self.eff  # tokens/s per GPU table the quota split uses
         # Seeded noise on pattern choice, only during ruin and recreate.
         self.rng = random.Random(_IMPROVEMENT_SEED)
         self.noise = 0.0
@@ -487,12 +567,13 @@ class _Packer:
                 supply[self.options[o].model] += n * self.options[o].tokens_per_s
         return supply
 
-    def cost(self) -> tuple[float, int, float]:
-        """(unmet GPU equivalents, GPUs, watts): smaller is better, in this order."""
-        unmet = sum(r / self.best[m] for m, r in self.remaining().items() if r > self.tol[m])
+    def cost(self) -> _Cost:
+        """(unmet GPU equivalents, models unmet, GPUs, watts): smaller is better, in this order.
+        The count catches demands so small that their GPU equivalents underflow to zero."""
+        unmet = {m: r for m, r in self.remaining().items() if r > self.tol[m]}
         watts = sum(self.pools[g.pool].idle_watts for g in self.gpus)
         watts += sum(n * self.options[o].watts for g in self.gpus for o, n in g.counts.items())
-        return (round(unmet, 9), len(self.gpus), watts)
+        return (sum(r / self.best[m] for m, r in unmet.items()), len(unmet), len(self.gpus), watts)
 
     def _add(self, gpu: _Gpu, o: int, n: int) -> None:
         opt = self.options[o]
@@ -524,12 +605,14 @@ class _Packer:
         pool = self.pools[p]
         if not pool.is_mig:
             if gpu is None:
-                return [_Capacity(pool.memory_bytes, 1.0, None, None)]
+                return [_Capacity(pool.memory_bytes, 1.0, None, None, 0)]
             return [_Capacity(gpu.mem_free_bytes, gpu.compute_free, None, None)]
         if gpu is None:
             return [
-                _Capacity(0, 0.0, dict(slots), layout)
-                for slots, layout in zip(self.layout_slots[p], pool.mig_layouts, strict=True)
+                _Capacity(0, 0.0, dict(slots), layout, i)
+                for i, (slots, layout) in enumerate(
+                    zip(self.layout_slots[p], pool.mig_layouts, strict=True)
+                )
             ]
         caps = []
         for i in self._compatible_layouts(gpu):
@@ -548,14 +631,11 @@ class _Packer:
             return None
         best: _Pattern | None = None
         for cap in self._capacities(p, gpu):
-            starts: list[int | None] = [None, *self._seeds(alive, cap, remaining)]
+            starts: list[int | None] = [None, *self._seeds(p, alive, cap, remaining)]
             for seed in starts:
                 for by_value in (False, True) if self.thorough else (False,):
                     pattern = self._fill(p, remaining, cap, alive, seed, by_value)
-                    if best is None or (round(pattern.value, 9), -pattern.watts) > (
-                        round(best.value, 9),
-                        -best.watts,
-                    ):
+                    if best is None or _pattern_rank(pattern) > _pattern_rank(best):
                         best = pattern
         return best
 
@@ -566,18 +646,36 @@ class _Packer:
         return _fit(cap.mem_free_bytes, cap.compute_free, opt.memory_bytes, opt.compute_share)
 
     def _seeds(
-        self, alive: Sequence[int], cap: _Capacity, remaining: Mapping[str, float]
+        self, p: int, alive: Sequence[int], cap: _Capacity, remaining: Mapping[str, float]
     ) -> list[int]:
         """Options that serve the most on their own: filling with them first avoids the greedy
-        taking a dense option whose leftover room nothing else can use."""
-        scored = []
+        taking a dense option whose leftover room nothing else can use.
+
+        On an empty GPU the scan follows a precomputed order by the most an option could serve
+        there and stops once that bound drops below the seeds found (big fleets have thousands
+        of options); on a partly used GPU it scans the live options.
+        """
         tokens = self.tokens_of
-        for o in alive:
+        scored: list[tuple[float, int]] = []
+        if cap.fresh is None:
+            candidates: Sequence[tuple[float, int]] = [(math.inf, o) for o in alive]
+        else:
+            candidates = self.seed_order[p][cap.fresh]
+        kth = -math.inf
+        for bound, o in candidates:
+            if bound < kth:
+                break
             m = self.model_of[o]
             left = remaining[m]
+            if left <= self.tol[m]:
+                continue
             n = min(self._fits(cap, o), _replicas_for(left, tokens[o]))
             if n > 0:
                 scored.append((-min(n * tokens[o], left) / self.best[m], o))
+                if len(scored) >= self.pattern_seeds:
+                    scored.sort()
+                    del scored[self.pattern_seeds :]
+                    kth = -scored[-1][0]
         scored.sort()
         return [o for _, o in scored[: self.pattern_seeds]]
 
@@ -608,8 +706,10 @@ class _Packer:
                 return slots.get(profile_of[o], 0)
             return _fit(mem_free, compute_free, mem_of[o], share_of[o])
 
+        slots_left = sum(slots.values())
+
         def add(o: int, n: int) -> None:
-            nonlocal mem_free, compute_free
+            nonlocal mem_free, compute_free, slots_left
             if n <= 0:
                 return
             m = model_of[o]
@@ -617,13 +717,14 @@ class _Packer:
             supply[m] = supply.get(m, 0.0) + n * tokens_of[o]
             if mig:
                 slots[profile_of[o]] -= n
+                slots_left -= n
             else:
                 mem_free -= n * mem_of[o]
                 compute_free -= n * share_of[o]
 
         def full() -> bool:
             if mig:
-                return not any(v > 0 for v in slots.values())
+                return slots_left <= 0
             return mem_free < min_mem or compute_free + COMPUTE_SHARE_TOLERANCE < min_share
 
         if seed is not None:
@@ -697,12 +798,25 @@ class _Packer:
         for gpu in sorted(self.gpus, key=lambda g: -self._fill_ratio(g)):
             if not any(r > self.tol[m] for m, r in remaining.items()):
                 return
+            if not self._has_room(gpu):
+                continue
             pattern = self._pattern(gpu.pool, remaining, gpu)
-            if pattern is None or pattern.value <= 0:
+            if pattern is None or not pattern.counts:
                 continue
             self._apply(gpu, pattern)
             for m, s in pattern.supply.items():
                 remaining[m] = max(remaining[m] - s, 0.0)
+
+    def _has_room(self, gpu: _Gpu) -> bool:
+        """Whether any option of the pool could still fit (cheap test before a pattern search)."""
+        p = gpu.pool
+        if gpu.layout is None:
+            return (
+                gpu.mem_free_bytes >= self.min_mem[p]
+                and gpu.compute_free + COMPUTE_SHARE_TOLERANCE >= self.min_share[p]
+            )
+        in_use = sum(gpu.used_slots.values())
+        return in_use < len(gpu.layout) or len(self._compatible_layouts(gpu)) > 1
 
     def free_gpus(self) -> list[int]:
         free = [pool.count for pool in self.pools]
@@ -711,48 +825,60 @@ class _Packer:
         return free
 
     def pool_quotas(self, remaining: Mapping[str, float]) -> dict[int, dict[str, float]]:
-        """Split demand across pools where GPUs are scarce (Vogel's approximation).
+        """Split demand across pools where GPUs are scarce (a greedy rounding of the LP).
 
         Serving everything on each model's best pool can exhaust a pool that another model
         needs more, e.g. H100s taken by a model that also runs well on MIG slices while the
-        next model only fits H100 or slow L4s. In GPU units (tokens/s over the model's best
-        tokens/s per GPU of the pool), the model that loses most by missing its best pool gets
-        it first. Returns tokens/s quotas for pools this allocation fills up (with a margin for
-        packing losses); pools with room to spare get no quota and serve any model.
+        next model only fits H100s or slow L4s. In GPU units (tokens/s over the rate table's
+        tokens/s per GPU of the pool), the model whose best pool saves most GPUs of its
+        runner-up per GPU used (the rate ratio, the LP relaxation's exchange rate) gets its
+        best pool first. Returns tokens/s quotas for the pools this split fills up (less than a
+        margin left for packing losses); other pools serve any model. When no pool would be
+        over-subscribed with every model on its best pool there is nothing to split.
         """
         if self.quota_capacity_ratio is None:
             return {}
-        free = [n * self.quota_capacity_ratio for n in self.free_gpus()]
+        rates = self.quota_rates
+        caps = [n * r for n, r in zip(self.free_gpus(), self.quota_capacity_ratio, strict=True)]
         left = {m: r for m, r in remaining.items() if r > self.tol[m]}
+        load = [0.0] * len(self.pools)
+        for m, r in left.items():
+            p = max((p for p in range(len(self.pools)) if m in rates[p]), key=lambda p: rates[p][m])
+            load[p] += r / rates[p][m]
+        if not any(0 < load[p] > self._scarce_limit(p, caps[p]) for p in range(len(load))):
+            return {}
         quotas: dict[int, dict[str, float]] = {}
+        free = list(caps)
         while left:
             pick: tuple[float, str, int] | None = None
-            for m, r in left.items():
+            for m in left:
                 costs = sorted(
-                    (1.0 / self.eff[p][m], p)
+                    (1.0 / rates[p][m], p)
                     for p in range(len(self.pools))
-                    if free[p] > 0 and m in self.eff[p]
+                    if free[p] > 0 and m in rates[p]
                 )
                 if not costs:
                     continue
-                regret = r * (costs[1][0] - costs[0][0]) if len(costs) > 1 else math.inf
+                # GPUs of the runner-up saved per GPU of the best pool: the LP's exchange rate.
+                regret = costs[1][0] / costs[0][0] if len(costs) > 1 else math.inf
                 if pick is None or regret > pick[0]:
                     pick = (regret, m, costs[0][1])
             if pick is None:
                 break
             _, m, p = pick
-            served = min(left[m], free[p] * self.eff[p][m])
+            served = min(left[m], free[p] * rates[p][m])
             quotas.setdefault(p, {})[m] = served
-            free[p] -= served / self.eff[p][m]
+            free[p] -= served / rates[p][m]
             left[m] -= served
             if left[m] <= self.tol[m]:
                 del left[m]
-        scarce = {
-            p
-            for p, pool in enumerate(self.pools)
-            if free[p] < SCARCE_POOL_MARGIN_RATIO * pool.count + 1.0
+        return {
+            p: q for p, q in quotas.items() if caps[p] - free[p] > self._scarce_limit(p, caps[p])
         }
-        return {p: q for p, q in quotas.items() if p in scarce}
+
+    def _scarce_limit(self, p: int, cap: float) -> float:
+        """GPUs of pool p a split may use before the pool counts as full."""
+        return cap - (SCARCE_POOL_MARGIN_RATIO * self.pools[p].count + 1.0)
 
     def open_gpus(
         self,
@@ -774,7 +900,7 @@ class _Packer:
 
         def evaluate(p: int) -> None:
             pattern = self._pattern(p, view(p), None)
-            if pattern is None or pattern.value <= 0:
+            if pattern is None or not pattern.counts:
                 return
             cached[p] = (version, pattern)
             idle = self.pools[p].idle_watts
@@ -782,7 +908,10 @@ class _Packer:
             value = pattern.value
             if self.noise:
                 value *= 1.0 + self.noise * (self.rng.random() - 0.5)
-            key = (-round(value, 9), (idle + pattern.watts) / pattern.value, p)
+            watts_per_value = (
+                (idle + pattern.watts) / pattern.value if pattern.value > 0 else math.inf
+            )
+            key = (-round(value, 9), watts_per_value, p)
             heapq.heappush(heap, (key, p))
 
         for p in range(len(self.pools)):
@@ -816,30 +945,60 @@ class _Packer:
     # -- improvement --------------------------------------------------------------------------
 
     def _rounds(self) -> int:
-        work = max(len(self.gpus), 1) * max(len(self.options), 1)
-        return min(MAX_IMPROVEMENT_ROUNDS, IMPROVEMENT_WORK_BUDGET // work)
+        """Ruin-and-recreate rounds this placement affords; 0 outside thorough mode."""
+        if not self.thorough:
+            return 0
+        return _rounds_for(len(self.gpus), len(self.demand), len(self.options))
 
     def construct(self) -> None:
         """Greedy construction; on small fleets once per quota setting, keeping the best.
 
-        The quota split counts GPUs as if they could be filled completely; fragmentation makes
-        scarce pools hold less, so tighter settings (and none at all) are tried as well.
+        The quota split counts GPUs as if they could be filled as its rate table says, but
+        fragmentation makes a scarce pool hold less. So the split is recalibrated with the fill
+        each pool really reached (served GPU equivalents per used GPU), for both rate tables;
+        fixed tighter settings and no quotas at all are tried too.
         """
-        best: tuple[tuple[float, int, float], list[_Gpu], float | None] | None = None
-        for ratio in QUOTA_CAPACITY_RATIOS:
+        pools = len(self.pools)
+        settings: list[tuple[_QuotaSetting, int]] = [
+            (([1.0] * pools, self.eff), QUOTA_CALIBRATION_PASSES),
+            (([1.0] * pools, self.eff_alone), QUOTA_CALIBRATION_PASSES),
+        ]
+        settings += [
+            ((None if r is None else [r] * pools, self.eff), 0) for r in QUOTA_CAPACITY_RATIOS[1:]
+        ]
+        best: tuple[_Cost, list[_Gpu], _QuotaSetting] | None = None
+        # A construction costs about one ruin-and-recreate round; mid-size problems get fewer.
+        budget = max(1, self.units // CONSTRUCTION_COST_ROUNDS) if self.thorough else 1
+        while settings and budget > 0:
+            budget -= 1
+            (ratios, rates), calibrations = settings.pop(0)
             self.gpus = []
-            self.quota_capacity_ratio = ratio
+            self.quota_capacity_ratio, self.quota_rates = ratios, rates
             self.recreate()
             self.trim()
             self.consolidate()
             self.trim()
             cost = self.cost()
             if best is None or cost < best[0]:
-                best = (cost, self.gpus, ratio)
-            if self._rounds() <= 1:
-                break  # big fleet: one construction only
+                best = (cost, self.gpus, (ratios, rates))
+            if ratios is not None and calibrations > 0:
+                settings.insert(0, ((self._calibrated(ratios), rates), calibrations - 1))
         assert best is not None
-        _, self.gpus, self.quota_capacity_ratio = best
+        _, self.gpus, (self.quota_capacity_ratio, self.quota_rates) = best
+
+    def _calibrated(self, ratios: list[float]) -> list[float]:
+        """Per pool: served GPU equivalents (by the quota rate table) per used GPU."""
+        served = [0.0] * len(self.pools)
+        used = [0] * len(self.pools)
+        for gpu in self.gpus:
+            used[gpu.pool] += 1
+            for o, n in gpu.counts.items():
+                m = self.model_of[o]
+                served[gpu.pool] += n * self.tokens_of[o] / self.quota_rates[gpu.pool][m]
+        return [
+            min(MAX_QUOTA_CAPACITY_RATIO, served[p] / used[p]) if used[p] else ratios[p]
+            for p in range(len(ratios))
+        ]
 
     def improve(self) -> None:
         """Ruin and recreate on small fleets (see the module notes).
@@ -849,15 +1008,22 @@ class _Packer:
         until one lets a GPU go; the best state by (unmet, GPUs, power) is kept.
         """
         rounds = self._rounds()
-        if rounds <= 1 or len(self.gpus) <= 1:
+        if rounds < MIN_IMPROVEMENT_ROUNDS or len(self.gpus) <= 1:
             return
         self.rng = random.Random(_IMPROVEMENT_SEED)
         models = sorted(self.demand)
         best_gpus = current = [g.copy() for g in self.gpus]
         best_cost = current_cost = self.cost()
+        pools = len(self.pools)
+        quota_settings = [self.quota_capacity_ratio]
+        quota_settings += [None if r is None else [r] * pools for r in QUOTA_CAPACITY_RATIOS]
         for round_index in range(rounds):
             self.gpus = [g.copy() for g in current]
             self.noise = IMPROVEMENT_NOISE_RATIO if round_index % 2 else 0.0
+            # Mostly the construction's quota split; now and then another one.
+            self.quota_capacity_ratio = (
+                quota_settings[0] if round_index % 3 else self.rng.choice(quota_settings)
+            )
             first = self._unmet_models()
             misplaced = self._misplaced_models()
             if first and round_index % 2 == 0:
@@ -874,10 +1040,34 @@ class _Packer:
             cost = self.cost()
             if cost < best_cost:
                 best_cost, best_gpus = cost, [g.copy() for g in self.gpus]
-            if cost[:2] <= current_cost[:2]:
+            if cost[:3] <= current_cost[:3]:
                 current_cost, current = cost, [g.copy() for g in self.gpus]
         self.noise = 0.0
+        self.quota_capacity_ratio = quota_settings[0]
         self.gpus = best_gpus
+        self._merge_pairs()
+
+    def _merge_pairs(self) -> None:
+        """Clear each pair among the least-filled GPUs and recreate: keep strict improvements.
+
+        Catches the last GPU the random walk misses when two GPUs' content fits one GPU only
+        with other options (e.g. one bigger replica instead of two small ones plus a tail).
+        """
+        improved = True
+        while improved:
+            improved = False
+            order = sorted(range(len(self.gpus)), key=lambda i: self._fill_ratio(self.gpus[i]))
+            candidates = order[: min(MERGE_CANDIDATES, self.units // MERGE_COST_ROUNDS)]
+            for a, b in itertools.combinations(candidates, 2):
+                cost = self.cost()
+                before = [g.copy() for g in self.gpus]
+                self.gpus = [g for i, g in enumerate(self.gpus) if i not in (a, b)]
+                self.recreate()
+                self.trim()
+                if self.cost() < cost:
+                    improved = True
+                    break
+                self.gpus = before
 
     def _unmet_models(self) -> set[str]:
         return {m for m, v in self.remaining().items() if v > self.tol[m]}
@@ -943,35 +1133,54 @@ class _Packer:
             self.open_gpus(remaining)
 
     def _ruin(self, round_index: int, models: Sequence[str]) -> None:
-        """Clear GPUs: the k least filled, every GPU of one model, or a random third."""
-        kind = round_index % 3
+        """Clear GPUs, by turns: the k least filled, every GPU of one model, a random 2 to
+        half of them, the k serving least (GPU equivalents), or every GPU of one pool."""
+        kind = round_index % 5
+        step = round_index // 5
         count = len(self.gpus)
         if kind == 0:
-            k = 1 + (round_index // 3) % 3
+            k = 1 + step % 3
             victims = sorted(range(count), key=lambda i: self._fill_ratio(self.gpus[i]))[:k]
         elif kind == 1:
-            model = models[(round_index // 3) % len(models)]
+            model = models[step % len(models)]
             victims = [
                 i
                 for i, g in enumerate(self.gpus)
                 if any(self.options[o].model == model for o in g.counts)
             ]
+        elif kind == 2:
+            size = self.rng.randint(min(2, count), max(2, count // 2))
+            victims = self.rng.sample(range(count), min(size, count))
+        elif kind == 3:
+            k = 2 + step % 3
+            victims = sorted(range(count), key=lambda i: self._served_ratio(self.gpus[i]))[:k]
         else:
-            victims = self.rng.sample(range(count), min(max(2, count // 3), count))
+            pool = step % len(self.pools)
+            victims = [i for i, g in enumerate(self.gpus) if g.pool == pool]
         drop = set(victims)
         self.gpus = [g for i, g in enumerate(self.gpus) if i not in drop]
+
+    def _served_ratio(self, gpu: _Gpu) -> float:
+        """GPU equivalents served: tokens/s over each model's best tokens/s per GPU."""
+        return sum(
+            n * self.tokens_of[o] / self.best[self.model_of[o]] for o, n in gpu.counts.items()
+        )
 
     def trim(self) -> None:
         """Drop replicas the demand does not need: least-filled GPUs, hungriest options first."""
         supply = self.supply()
-        surplus = {m: supply[m] - d + self.tol[m] for m, d in self.demand.items()}
         for gpu in sorted(self.gpus, key=self._fill_ratio):
             for o in sorted(gpu.counts, key=lambda o: -self.options[o].watts):
-                opt = self.options[o]
-                drop = min(gpu.counts[o], int(surplus[opt.model] / opt.tokens_per_s))
+                m, tokens = self.model_of[o], self.tokens_of[o]
+                demand = self.demand[m]
+                drop = min(gpu.counts[o], int((supply[m] - demand + self.tol[m]) / tokens))
+                # Recheck on the sum itself: supply - tokens can round to supply when the
+                # demand is tiny next to one replica.
+                while drop > 0 and not _served(supply[m] - drop * tokens, demand):
+                    drop -= 1
                 if drop > 0:
                     self._add(gpu, o, -drop)
-                    surplus[opt.model] -= drop * opt.tokens_per_s
+                    supply[m] -= drop * tokens
         self.gpus = [g for g in self.gpus if g.counts]
 
     def consolidate(self) -> None:
@@ -1072,6 +1281,17 @@ class _Packer:
         ]
 
 
+def _rounds_for(gpus: float, models: int, options: int) -> int:
+    work = (max(gpus, 1.0) + models) * max(options, 1)
+    return min(MAX_IMPROVEMENT_ROUNDS, int(IMPROVEMENT_WORK_BUDGET // work))
+
+
+def _pattern_rank(pattern: _Pattern) -> tuple[float, bool, float]:
+    """Most value first (rounded, so that near-ties go to the lower power); a pattern that
+    serves something beats an empty one even when a tiny demand rounds its value to zero."""
+    return (round(pattern.value, 9), bool(pattern.counts), -pattern.watts)
+
+
 def _replicas_for(tokens_per_s: float, per_replica_tokens_per_s: float) -> int:
     """Replicas that serve `tokens_per_s` > 0: at least one, then ceil forgiving float noise."""
     if tokens_per_s <= 0:
@@ -1080,8 +1300,8 @@ def _replicas_for(tokens_per_s: float, per_replica_tokens_per_s: float) -> int:
 
 
 def pack_heuristic(problem: PackingProblem) -> PackingResult:
-    """Place replicas fast: greedy GPU patterns, ruin and recreate on small fleets, then trim
-    and consolidate. Deterministic; never claims optimality.
+    """Place replicas fast (see the notes above the heuristic). Deterministic: the same
+    problem gives the same placement; never claims optimality.
 
     Raises InvalidSpecError for a malformed problem or a demanded model that no pool can host.
     An undersized fleet is not an error: the result lists the unmet tokens/s per model.

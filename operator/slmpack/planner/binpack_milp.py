@@ -9,7 +9,9 @@ Formulation, per pool p and GPU k (GPUs of a pool are interchangeable):
 * MIG GPU: z[p,k,l] ∈ {0,1} picks layout l, Σ_l z = y; for every profile q,
   Σ_{o on q} x ≤ Σ_l count_l(q)·z.
 * x ≤ alone_capacity·y for every option: implied, but it tightens the LP relaxation.
-* Demand: Σ tokens_o·x ≥ demand_m for every model.
+* Demand: Σ tokens_o·x ≥ demand_m for every model, in units of the model's largest replica,
+  and Σ x ≥ 1 (HiGHS's feasibility tolerance would otherwise accept no replica for a tiny
+  demand).
 
 Objective: Σ y + ε·(idle power of used GPUs + Σ replica power), ε chosen so that the power term
 of any minimal solution stays below 0.5: GPUs come strictly first, and an absolute MIP gap below
@@ -42,8 +44,7 @@ from slmpack.planner.binpack import (
 #: HiGHS stops at this relative gap. Objectives are O(GPU count) and the GPU count is proven
 #: once the absolute gap is below 0.5, so this only limits how exactly power is minimised.
 MIP_RELATIVE_GAP = 1e-4
-_OPTIMAL = 0
-_TIME_LIMIT = 1
+_OPTIMAL = 0  # scipy.optimize.milp status codes
 _INFEASIBLE = 2
 
 
@@ -249,7 +250,11 @@ def solve_milp(problem: PackingProblem, time_limit_s: float = 60.0) -> PackingRe
     if not with_slack and dual is not None and math.isfinite(float(dual)):
         # objective = GPUs + a power term in [0, 0.5) for minimal solutions.
         lower = max(0, math.ceil(float(dual) - 0.5 - 1e-7))
-    note = "" if status == _OPTIMAL else f"MILP stopped at the {time_limit_s:g} s time limit"
+    note = (
+        ""
+        if status == _OPTIMAL
+        else f"MILP stopped unproven (limit {time_limit_s:g} s): {res.message}"
+    )
     result = build_result(
         ix, _decode(ix, model, np.asarray(values)), "milp", status == _OPTIMAL, note, lower
     )
