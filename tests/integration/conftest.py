@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from kubernetes import client
@@ -40,6 +41,9 @@ class LiveCluster:
     api_client: client.ApiClient
     #: Fleet the tests may rely on (the default fleet when the session started the cluster).
     fleet: gpu_nodes.Fleet
+    #: Name of the cluster this session started; None for an external cluster, whose
+    #: control-plane processes the tests cannot stop.
+    local_name: str | None = None
 
 
 def _default_fleet() -> gpu_nodes.Fleet:
@@ -97,7 +101,7 @@ def live_cluster() -> Iterator[LiveCluster]:
         )
     api_client = node_apply.new_api_client(result.state.kubeconfig)
     try:
-        yield LiveCluster(Path(result.state.kubeconfig), api_client, fleet)
+        yield LiveCluster(Path(result.state.kubeconfig), api_client, fleet, local_name=name)
     finally:
         node_apply.close_api_client(api_client)
         launcher.down(name)
@@ -135,3 +139,11 @@ def namespace(api_client: client.ApiClient, request: pytest.FixtureRequest) -> I
     wait_for(default_sa_exists, f"ServiceAccount default in {name}")
     yield name
     core.delete_namespace(name)
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """Keep each phase's report on the test item, so fixtures can print logs on failure."""
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report

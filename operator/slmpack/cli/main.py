@@ -15,12 +15,26 @@ app = typer.Typer(
 def _mount_subcommands() -> None:
     # Each command owns its module; main only wires them.
     from slmpack.cli.dev_cluster import dev_cluster_app
+    from slmpack.cli.operator_cmd import operator_command
     from slmpack.cli.pack import pack_command
     from slmpack.cli.plan import plan_command
 
     app.command(name="plan")(plan_command)
     app.command(name="pack")(pack_command)
+    app.command(name="operator")(operator_command)
+    app.command(
+        name="launcher",
+        context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+        add_help_option=False,
+        help="Run the Packed pod's launcher: N vLLM engines behind one router.",
+    )(_launcher_command)
     app.add_typer(dev_cluster_app, name="dev-cluster")
+
+
+def _launcher_command(ctx: typer.Context) -> None:
+    from slmpack.launcher import launcher_main
+
+    raise typer.Exit(launcher_main(ctx.args))
 
 
 _mount_subcommands()

@@ -206,10 +206,10 @@ class PkiFiles:
     front_proxy_client_key: Path
 
 
-def write_pki(pki: ClusterPki, directory: Path) -> PkiFiles:
-    """Write the files the flags refer to; private keys are readable by the owner only."""
-    directory.mkdir(parents=True, exist_ok=True)
-    files = PkiFiles(
+def pki_file_paths(directory: Path) -> PkiFiles:
+    """Where `write_pki` puts each file (also used to restart a component of a running
+    cluster with the files it already has)."""
+    return PkiFiles(
         ca_cert=directory / "ca.crt",
         ca_key=directory / "ca.key",
         apiserver_cert=directory / "apiserver.crt",
@@ -222,6 +222,12 @@ def write_pki(pki: ClusterPki, directory: Path) -> PkiFiles:
         front_proxy_client_cert=directory / "front-proxy-client.crt",
         front_proxy_client_key=directory / "front-proxy-client.key",
     )
+
+
+def write_pki(pki: ClusterPki, directory: Path) -> PkiFiles:
+    """Write the files the flags refer to; private keys are readable by the owner only."""
+    directory.mkdir(parents=True, exist_ok=True)
+    files = pki_file_paths(directory)
     contents = {
         files.ca_cert: pki.ca.cert_pem,
         files.ca_key: pki.ca.key_pem,

@@ -567,6 +567,27 @@ def _start(
     return state
 
 
+def stop_component(name: str, component: str) -> None:
+    """Stop one component of a running cluster (to test how clients ride out an outage)."""
+    current = status(name)
+    if current.state is None or component not in current.state.pids:
+        raise DevClusterError(f"Cluster {name!r} has no running {component}")
+    ref = next(r for r in current.state.refs() if r.component == component)
+    processes.stop([ref], grace_seconds=DEFAULT_STOP_GRACE_SECONDS)
+
+
+def start_component(
+    name: str, component: str, timeout_seconds: float = DEFAULT_READY_TIMEOUT_SECONDS
+) -> None:
+    """Start again a component that `stop_component` stopped, with the same flags and files."""
+    current = status(name)
+    if current.state is None:
+        raise DevClusterError(f"Cluster {name!r} is not running")
+    layout = Layout(current.state_dir)
+    state = _start((component,), layout, current.state, certs.pki_file_paths(layout.pki_dir))
+    _wait_healthy((component,), layout, state, time.monotonic() + timeout_seconds)
+
+
 def down(
     name: str = DEFAULT_CLUSTER_NAME,
     *,

@@ -1,0 +1,1 @@
+"""The SLMDeployment API as typed models; crds/ is the schema's single source."""

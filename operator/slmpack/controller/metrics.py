@@ -1,0 +1,55 @@
+"""The operator's own Prometheus metrics (slmpack_operator_*, base units)."""
+
+from __future__ import annotations
+
+import contextlib
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class OperatorMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        self.reconciles = Counter(
+            "slmpack_operator_reconciles",
+            "Reconcile passes, by result (ok, plan_failed, retry, error).",
+            ["result"],
+            registry=self.registry,
+        )
+        self.reconcile_seconds = Histogram(
+            "slmpack_operator_reconcile_duration_seconds",
+            "Wall time of one reconcile pass.",
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=self.registry,
+        )
+        self.api_writes = Counter(
+            "slmpack_operator_api_writes",
+            "Write requests sent to the API server, by kind and verb.",
+            ["kind", "verb"],
+            registry=self.registry,
+        )
+        self.queue_depth = Gauge(
+            "slmpack_operator_workqueue_depth",
+            "SLMDeployments waiting for a reconcile.",
+            registry=self.registry,
+        )
+        self.planned_replicas = Gauge(
+            "slmpack_operator_planned_replicas",
+            "vLLM replicas planned, by SLMDeployment.",
+            ["namespace", "name"],
+            registry=self.registry,
+        )
+        self.ready_replicas = Gauge(
+            "slmpack_operator_ready_replicas",
+            "vLLM replicas ready, by SLMDeployment.",
+            ["namespace", "name"],
+            registry=self.registry,
+        )
+
+    def count_write(self, kind: str, verb: str) -> None:
+        self.api_writes.labels(kind=kind, verb=verb).inc()
+
+    def forget(self, namespace: str, name: str) -> None:
+        for gauge in (self.planned_replicas, self.ready_replicas):
+            with contextlib.suppress(KeyError):
+                gauge.remove(namespace, name)

@@ -1,0 +1,1 @@
+"""Pure builders of the Kubernetes objects an SLMDeployment owns: same input, same manifest."""

@@ -1,0 +1,222 @@
+"""GPU offers read from Node dicts: one per kind of capacity, merged across nodes."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+from slmpack.controller.inventory import (
+    GPU_RESOURCE,
+    SHARED_GPU_RESOURCE,
+    GpuOffer,
+    cluster_offers,
+    node_offers,
+    offer_kinds,
+)
+
+from .controller_fixtures import (
+    PRODUCT,
+    REPLICAS,
+    STRATEGY,
+    fleet_nodes,
+    h100_node,
+    mig_single_node,
+    mps_node,
+    ready,
+    renamed_shared_node,
+)
+
+FLEET = fleet_nodes()
+
+
+def _only(offers: list[GpuOffer]) -> GpuOffer:
+    assert len(offers) == 1, offers
+    return offers[0]
+
+
+def _selects(offer: GpuOffer, node: dict[str, Any]) -> bool:
+    labels = node["metadata"]["labels"]
+    return all(labels.get(k) == v for k, v in offer.node_selector)
+
+
+def test_h100_node_offers_its_eight_whole_gpus() -> None:
+    node = FLEET["h100-0"]
+    offer = _only(node_offers(node))
+
+    assert offer.product == "NVIDIA-H100-80GB-HBM3"
+    assert (offer.sharing, offer.resource) == ("none", GPU_RESOURCE)
+    assert (offer.slots_per_gpu, offer.mig_profile) == (1, None)
+    assert (offer.nodes, offer.allocatable) == (("h100-0",), 8)
+    assert dict(offer.node_selector) == {PRODUCT: "NVIDIA-H100-80GB-HBM3", STRATEGY: "none"}
+    assert _selects(offer, node)
+
+
+def test_mig_mixed_node_offers_one_kind_per_profile() -> None:
+    # all-balanced on A100-40GB is 2x 1g.5gb, 1x 2g.10gb and 1x 3g.20gb per GPU, 8 GPUs.
+    node = FLEET["a100-mig-0"]
+    offers = {o.mig_profile: o for o in node_offers(node)}
+
+    assert set(offers) == {"1g.5gb", "2g.10gb", "3g.20gb"}
+    assert {p: o.allocatable for p, o in offers.items()} == {
+        "1g.5gb": 16,
+        "2g.10gb": 8,
+        "3g.20gb": 8,
+    }
+    for profile, offer in offers.items():
+        assert offer.product == "NVIDIA-A100-SXM4-40GB"
+        assert offer.sharing == "mig"
+        assert offer.resource == f"nvidia.com/mig-{profile}"
+        assert offer.slots_per_gpu == 1
+        assert _selects(offer, node)
+    # MIG-enabled GPUs advertise nvidia.com/gpu: 0, which must not become a whole-GPU offer.
+    assert all(o.resource != GPU_RESOURCE for o in offers.values())
+
+
+def test_time_sliced_l4_offers_four_slots_and_strips_shared_suffix() -> None:
+    node = FLEET["l4-ts-0"]
+    offer = _only(node_offers(node))
+
+    assert offer.product == "NVIDIA-L4"
+    assert (offer.sharing, offer.resource, offer.slots_per_gpu) == ("time-slicing", GPU_RESOURCE, 4)
+    # The pods must land on the shared nodes only, so the selector keeps the -SHARED label.
+    assert dict(offer.node_selector) == {
+        PRODUCT: "NVIDIA-L4-SHARED",
+        STRATEGY: "time-slicing",
+        REPLICAS: "4",
+    }
+    assert _selects(offer, node)
+    assert offer.allocatable == 4  # one GPU x 4 replicas
+
+
+def test_cpu_node_offers_nothing() -> None:
+    assert node_offers(FLEET["cpu-0"]) == []
+
+
+def test_mig_single_strategy_is_read_from_the_product_label() -> None:
+    node = mig_single_node()
+    offer = _only(node_offers(node))
+
+    assert node["metadata"]["labels"][PRODUCT] == "NVIDIA-A100-SXM4-40GB-MIG-1g.5gb"
+    assert (offer.product, offer.sharing, offer.mig_profile) == (
+        "NVIDIA-A100-SXM4-40GB",
+        "mig",
+        "1g.5gb",
+    )
+    assert offer.resource == GPU_RESOURCE
+    assert offer.allocatable == 7 * 8
+    assert dict(offer.node_selector) == {PRODUCT: "NVIDIA-A100-SXM4-40GB-MIG-1g.5gb"}
+
+
+def test_rename_by_default_offers_the_shared_resource() -> None:
+    node = renamed_shared_node()
+    offer = _only(node_offers(node))
+
+    assert node["metadata"]["labels"][PRODUCT] == "NVIDIA-L4"  # no -SHARED when renamed
+    assert (offer.resource, offer.sharing, offer.slots_per_gpu) == (
+        SHARED_GPU_RESOURCE,
+        "time-slicing",
+        4,
+    )
+    assert _selects(offer, node)
+
+
+def test_mps_node_offers_mps_slots() -> None:
+    offer = _only(node_offers(mps_node()))
+
+    assert (offer.product, offer.sharing, offer.slots_per_gpu) == (
+        "NVIDIA-H100-80GB-HBM3",
+        "mps",
+        4,
+    )
+    assert offer.allocatable == 2 * 4
+
+
+def test_node_without_sharing_strategy_label_selects_on_product_only() -> None:
+    # GFD before the MPS release sets no sharing-strategy label; selecting on it would match
+    # no node at all.
+    node = h100_node()
+    del node["metadata"]["labels"][STRATEGY]
+    offer = _only(node_offers(node))
+
+    assert offer.sharing == "none"
+    assert dict(offer.node_selector) == {PRODUCT: "NVIDIA-H100-80GB-HBM3"}
+
+
+def test_old_gfd_time_slicing_without_strategy_label_is_still_time_slicing() -> None:
+    # Old GFD marks time-slicing only by replicas > 1 and the -SHARED product. Offering such a
+    # node as whole GPUs would let Packed pods claim a quarter GPU and size for a whole one.
+    node = copy.deepcopy(FLEET["l4-ts-0"])
+    del node["metadata"]["labels"][STRATEGY]
+    offer = _only(node_offers(node))
+
+    assert (offer.sharing, offer.slots_per_gpu) == ("time-slicing", 4)
+    assert dict(offer.node_selector) == {PRODUCT: "NVIDIA-L4-SHARED", REPLICAS: "4"}
+    assert _selects(offer, node)
+
+
+@pytest.mark.parametrize(
+    "break_node",
+    [
+        pytest.param(lambda n: n["status"].update(conditions=[]), id="no-ready-condition"),
+        pytest.param(
+            lambda n: n["status"].update(conditions=[{"type": "Ready", "status": "False"}]),
+            id="not-ready",
+        ),
+        pytest.param(
+            lambda n: n["status"].update(conditions=[{"type": "Ready", "status": "Unknown"}]),
+            id="ready-unknown",
+        ),
+        pytest.param(lambda n: n["spec"].update(unschedulable=True), id="cordoned"),
+    ],
+)
+def test_unusable_nodes_offer_nothing(break_node: Any) -> None:
+    node = copy.deepcopy(FLEET["h100-0"])
+    assert node_offers(node)  # the same node offers GPUs while healthy
+    break_node(node)
+    assert node_offers(node) == []
+
+
+def test_merging_sums_capacity_and_lists_nodes_sorted() -> None:
+    nodes = [FLEET["h100-1"], FLEET["h100-0"]]
+    (offer,) = cluster_offers(nodes)
+
+    assert offer.nodes == ("h100-0", "h100-1")
+    assert offer.allocatable == 8 + 8
+
+
+def test_default_fleet_offers_five_kinds_in_key_order() -> None:
+    offers = cluster_offers(FLEET.values())
+
+    assert [(o.key, o.nodes, o.allocatable) for o in offers] == [
+        ("NVIDIA-A100-SXM4-40GB/mig/1g.5gb", ("a100-mig-0",), 16),
+        ("NVIDIA-A100-SXM4-40GB/mig/2g.10gb", ("a100-mig-0",), 8),
+        ("NVIDIA-A100-SXM4-40GB/mig/3g.20gb", ("a100-mig-0",), 8),
+        ("NVIDIA-H100-80GB-HBM3/none", ("h100-0", "h100-1"), 16),
+        ("NVIDIA-L4/time-slicingx4", ("l4-ts-0", "l4-ts-1"), 8),
+    ]
+
+
+def test_same_product_under_other_sharing_stays_a_separate_offer() -> None:
+    # Same GPU, different vLLM flags: merging would plan whole-GPU memory for MPS slots.
+    offers = cluster_offers([FLEET["h100-0"], mps_node()])
+
+    assert sorted(o.sharing for o in offers) == ["mps", "none"]
+
+
+def test_offer_kinds_ignore_node_count_and_capacity() -> None:
+    one = cluster_offers([FLEET["h100-0"]])
+    two = cluster_offers([FLEET["h100-0"], FLEET["h100-1"]])
+    assert one != two
+    assert offer_kinds(one) == offer_kinds(two) == {"NVIDIA-H100-80GB-HBM3/none"}
+
+    with_l4 = cluster_offers([FLEET["h100-0"], FLEET["l4-ts-0"]])
+    assert offer_kinds(with_l4) == {"NVIDIA-H100-80GB-HBM3/none", "NVIDIA-L4/time-slicingx4"}
+
+
+def test_not_ready_node_drops_out_of_the_merge() -> None:
+    sick = ready(FLEET["h100-1"], status="False")
+    (offer,) = cluster_offers([FLEET["h100-0"], sick])
+
+    assert (offer.nodes, offer.allocatable) == (("h100-0",), 8)
