@@ -19,16 +19,17 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from slmpack.devcluster import binaries, gpu_nodes, launcher, node_apply
+from slmpack.devcluster.operator_process import OperatorProcess
 
 from .conftest import LiveCluster
 from .kube_helpers import wait_for
-from .operator_process import OperatorProcess
 
 pytestmark = pytest.mark.cluster
 
 GROUP, VERSION, PLURAL = "slmpack.dev", "v1alpha1", "slmdeployments"
 REPO = Path(__file__).resolve().parents[2]
 CRD_PATH = REPO / "crds" / "slmpack.dev_slmdeployments.yaml"
+PEERING_CRD_PATH = REPO / "crds" / "kopf.dev_peerings.yaml"
 INVALID_DIR = Path(__file__).parent / "manifests" / "invalid"
 #: How long the idle test watches for writes, and how long the apiserver stays down.
 IDLE_SECONDS = float(os.environ.get("SLMPACK_TEST_IDLE_SECONDS", "300"))
@@ -480,6 +481,75 @@ def test_operator_rides_out_an_apiserver_outage(
     assert operator.pid == pid
     assert operator.process is not None
     assert operator.process.poll() is None, "the operator recovered without a restart"
+
+
+def test_two_replicas_with_peering_one_works_and_the_standby_takes_over(
+    api_client: client.ApiClient,
+    namespace: str,
+    operator: OperatorProcess,
+    live_cluster: LiveCluster,
+    tmp_path: Path,
+) -> None:
+    ext = client.ApiextensionsV1Api(api_client)
+    for body in yaml.safe_load_all(PEERING_CRD_PATH.read_text()):
+        ext.patch_custom_resource_definition(
+            body["metadata"]["name"],
+            body,
+            field_manager="slmpack-tests",
+            force=True,
+            _content_type="application/apply-patch+yaml",
+        )
+    wait_for(
+        lambda: _served(api_client, "kopf.dev/v1", "ClusterKopfPeering"),
+        "the peering CRDs to be served",
+    )
+    peering = f"pair-{uuid.uuid4().hex[:6]}"
+    custom(api_client).create_cluster_custom_object(
+        "kopf.dev",
+        "v1",
+        "clusterkopfpeerings",
+        {"apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering", "metadata": {"name": peering}},
+    )
+    operator.stop()  # the standalone operator would not take part in the election
+
+    def replica(name: str, priority: int) -> OperatorProcess:
+        env = {
+            "SLMPACK_PEERING": peering,
+            "SLMPACK_PRIORITY": str(priority),
+            "SLMPACK_PEERING_LIFETIME_SECONDS": "10",
+            "SLMPACK_INSTANCE": name,
+        }
+        return OperatorProcess(live_cluster.kubeconfig, tmp_path / f"{name}.log", env)
+
+    active, standby = replica("active", 200), replica("standby", 100)
+    try:
+        active.start()
+        standby.start()
+        create_slmd(api_client, namespace, "first", {"model": {"uri": "hf://facebook/opt-125m"}})
+        wait_condition(api_client, namespace, "first", "Ready", "True")
+        assert active.writes() > 0
+        assert standby.writes() == 0, standby.log_tail()
+        active.stop(kill=True)
+        create_slmd(api_client, namespace, "second", {"model": {"uri": "hf://facebook/opt-125m"}})
+        # The standby resumes once the dead peer's record is older than its lifetime.
+        wait_condition(api_client, namespace, "second", "Ready", "True", timeout=90)
+        assert standby.writes() > 0
+    finally:
+        active.stop()
+        standby.stop()
+        custom(api_client).delete_cluster_custom_object(
+            "kopf.dev", "v1", "clusterkopfpeerings", peering
+        )
+        operator.start()
+
+
+def _served(api_client: client.ApiClient, group_version: str, kind: str) -> bool:
+    group, version = group_version.split("/")
+    try:
+        resources = client.CustomObjectsApi(api_client).get_api_resources(group, version)
+    except ApiException:
+        return False
+    return any(r.kind == kind for r in resources.resources)
 
 
 def test_no_writes_while_idle(

@@ -9,6 +9,7 @@ from slmpack.controller.settings import (
     DEFAULT_VLLM_IMAGE,
     Settings,
     SettingsError,
+    default_priority,
     load_settings,
 )
 
@@ -16,7 +17,7 @@ from slmpack.controller.settings import (
 def test_empty_environment_gives_the_documented_defaults() -> None:
     settings = load_settings({})
 
-    assert settings == Settings()
+    assert settings == Settings(priority=default_priority("slmpack-operator"))
     assert settings.namespaces == ()
     assert (settings.vllm_image, settings.launcher_image) == (
         DEFAULT_VLLM_IMAGE,
@@ -29,7 +30,16 @@ def test_empty_environment_gives_the_documented_defaults() -> None:
 
 def test_empty_values_mean_the_default() -> None:
     env = dict.fromkeys(("SLMPACK_WORKERS", "SLMPACK_VLLM_IMAGE", "SLMPACK_NAMESPACES"), "")
-    assert load_settings(env) == Settings()
+    assert load_settings(env) == Settings(priority=default_priority("slmpack-operator"))
+
+
+def test_replicas_get_distinct_priorities_unless_pinned() -> None:
+    first = load_settings({"HOSTNAME": "slmpack-operator-7d9f-abcde"}).priority
+    second = load_settings({"HOSTNAME": "slmpack-operator-7d9f-fghij"}).priority
+    assert first != second
+    assert load_settings({"HOSTNAME": "x", "SLMPACK_PRIORITY": "42"}).priority == 42
+    with pytest.raises(SettingsError, match="SLMPACK_PRIORITY"):
+        load_settings({"SLMPACK_PRIORITY": "-1"})
 
 
 def test_values_are_read() -> None:

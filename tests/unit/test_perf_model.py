@@ -1,6 +1,7 @@
 """The performance model's formulas on hand-computed cases."""
 
 import math
+import random
 from dataclasses import replace
 
 import pytest
@@ -8,9 +9,15 @@ import pytest
 from slmpack.catalog.gpus import default_gpu_catalog
 from slmpack.catalog.models import decode_flops_per_token, default_model_catalog, weight_bytes
 from slmpack.planner.perf import (
+    _BATCH_CELLS,
     Device,
     EngineStep,
     PackingShape,
+    PerfParams,
+    _operating_cycle,
+    _speedup,
+    _step_terms,
+    _StepCosts,
     colocated_cycle,
     default_perf_params,
     engine_step,
@@ -137,3 +144,71 @@ def test_load_ratio_must_be_a_fraction() -> None:
     shape = PackingShape(SharingMode.EXCLUSIVE, 1, 1, DEVICE)
     with pytest.raises(ValueError, match="load_ratio"):
         predict(OPT, H100, shape, ENGINE, WORKLOAD, 1e9, PARAMS, load_ratio=1.0)
+
+
+def _mean_value_iteration(
+    step: EngineStep, engines: int, mode: SharingMode, params: PerfParams
+) -> float:
+    """The co-location fixed point by damped iteration from the solo phase, run to convergence."""
+    solo_util = step.utilisation(DEVICE)
+    gpu_phase = step.gpu_s
+    for _ in range(100_000):
+        cycle = max(step.cpu_s, gpu_phase) + (1 - params.cpu_gpu_overlap_ratio) * min(
+            step.cpu_s, gpu_phase
+        )
+        contenders = 1.0 + (engines - 1) * min(1.0, gpu_phase / cycle)
+        target = step.gpu_s * contenders / _speedup(mode, contenders, solo_util, params)
+        previous, gpu_phase = gpu_phase, 0.5 * gpu_phase + 0.5 * target
+        if abs(gpu_phase - previous) <= 1e-13 * gpu_phase:
+            break
+    return gpu_phase
+
+
+@pytest.mark.parametrize("mode", [SharingMode.MPS, SharingMode.TIME_SLICING, SharingMode.PACKED])
+def test_fixed_point_solver_matches_the_mean_value_iteration(mode: SharingMode) -> None:
+    rng = random.Random(7)
+    for _ in range(300):
+        params = replace(
+            PARAMS,
+            cpu_gpu_overlap_ratio=rng.choice([0.0, rng.random(), 1.0]),
+            time_slice_overhead_ratio=rng.uniform(0.0, 0.5),
+            concurrent_bandwidth_efficiency=rng.uniform(0.3, 1.2),
+        )
+        step = _step(rng.choice([0.0, rng.uniform(1e-4, 0.05)]), rng.uniform(1e-4, 0.05))
+        step = replace(step, bytes_moved=step.bytes_moved * rng.uniform(0.1, 2.0))
+        engines = rng.randint(2, 8)
+        cycle = colocated_cycle(step, engines, mode, DEVICE, params)
+        expected = _mean_value_iteration(step, engines, mode, params)
+        assert cycle.gpu_phase_s == pytest.approx(expected, rel=1e-8)
+
+
+def test_operating_batch_is_the_centre_of_the_cell_that_carries_the_load() -> None:
+    steps = _StepCosts.of(OPT, ENGINE, WORKLOAD, DEVICE, PARAMS)
+    cell = 64 / _BATCH_CELLS
+    for mode, engines in [
+        (SharingMode.EXCLUSIVE, 1),
+        (SharingMode.MPS, 3),
+        (SharingMode.PACKED, 4),
+    ]:
+        shape = PackingShape(mode, engines, 1, DEVICE)
+        saturated = colocated_cycle(steps.at(64.0), engines, mode, DEVICE, PARAMS)
+        for load_ratio in (0.1, 0.5, 0.8, 0.95):
+            load = load_ratio * 64 / saturated.cycle_s
+            batch = _operating_cycle(steps, shape, saturated, load).step.running_seqs
+            assert (batch / cell) % 1 == pytest.approx(0.5)
+            below, above = (
+                colocated_cycle(steps.at(b), engines, mode, DEVICE, PARAMS)
+                for b in (batch - cell / 2, batch + cell / 2)
+            )
+            assert (batch - cell / 2) / below.cycle_s <= load <= (batch + cell / 2) / above.cycle_s
+
+
+def test_cached_step_terms_give_the_uncached_result() -> None:
+    shape = PackingShape(SharingMode.PACKED, 3, 1, DEVICE)
+    _step_terms.cache_clear()
+    cold = predict(OPT, H100, shape, ENGINE, WORKLOAD, 1e6, PARAMS)
+    warm = predict(OPT, H100, shape, ENGINE, WORKLOAD, 1e6, PARAMS)
+    assert cold == warm
+    assert _step_terms.cache_info().hits > 0
+    uncached = _step_terms.__wrapped__(OPT, "bf16", "auto", WORKLOAD)
+    assert _step_terms(OPT, "bf16", "auto", WORKLOAD) == uncached

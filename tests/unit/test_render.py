@@ -85,7 +85,7 @@ def test_pod_claims_one_unit_of_the_offers_resource(
     manifest, decision = _render(nodes, gpu=gpu)
 
     limits = _container(manifest)["resources"]["limits"]
-    assert limits == {resource: 1}
+    assert limits == {resource: "1"}
     assert decision.offer.resource == resource
 
 
@@ -228,7 +228,7 @@ def test_packed_resources_are_per_engine_times_engines(
 
     resources = _container(manifest)["resources"]
     assert resources["requests"] == expected
-    assert resources["limits"] == {**expected, "nvidia.com/gpu": 1}
+    assert resources["limits"] == {**expected, "nvidia.com/gpu": "1"}
 
 
 def test_unpacked_resources_are_copied_unchanged() -> None:
@@ -239,7 +239,7 @@ def test_unpacked_resources_are_copied_unchanged() -> None:
 
     resources = _container(manifest)["resources"]
     assert resources["requests"] == requests
-    assert resources["limits"] == {"nvidia.com/gpu": 1}
+    assert resources["limits"] == {"nvidia.com/gpu": "1"}
 
 
 # --- single-engine pods -------------------------------------------------------------------

@@ -28,6 +28,19 @@ def _mount_subcommands() -> None:
         add_help_option=False,
         help="Run the Packed pod's launcher: N vLLM engines behind one router.",
     )(_launcher_command)
+    passthrough = {"allow_extra_args": True, "ignore_unknown_options": True}
+    app.command(
+        name="vllm-sim",
+        context_settings=passthrough,
+        add_help_option=False,
+        help="Serve an OpenAI-compatible vLLM stand-in timed by the GPU performance model.",
+    )(_vllm_sim_command)
+    app.command(
+        name="dcgm-sim",
+        context_settings=passthrough,
+        add_help_option=False,
+        help="Serve dcgm-exporter metrics for the simulated GPUs.",
+    )(_dcgm_sim_command)
     app.add_typer(dev_cluster_app, name="dev-cluster")
 
 
@@ -35,6 +48,18 @@ def _launcher_command(ctx: typer.Context) -> None:
     from slmpack.launcher import launcher_main
 
     raise typer.Exit(launcher_main(ctx.args))
+
+
+def _vllm_sim_command(ctx: typer.Context) -> None:
+    from slmpack.sim.vllm import vllm_sim_main
+
+    raise typer.Exit(vllm_sim_main(ctx.args))
+
+
+def _dcgm_sim_command(ctx: typer.Context) -> None:
+    from slmpack.sim.dcgm import dcgm_sim_main
+
+    raise typer.Exit(dcgm_sim_main(ctx.args))
 
 
 _mount_subcommands()

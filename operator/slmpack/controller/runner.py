@@ -46,6 +46,7 @@ def run_operator(settings: Settings, kubeconfig: str | None = None) -> None:
         settings.watching.server_timeout = 300
         settings.watching.client_timeout = 330
         settings.networking.error_backoffs = [1, 2, 5, 10, 20, 30]
+        settings.peering.lifetime = settings_.peering_lifetime_seconds
         holder["controller"] = Controller(api, settings_, metrics)
         await holder["controller"].prime()
         holder["controller"].start()
@@ -65,6 +66,7 @@ def run_operator(settings: Settings, kubeconfig: str | None = None) -> None:
             registry=registry,
             standalone=not settings.peering,
             peering_name=settings.peering or None,
+            priority=settings.priority,
             clusterwide=not settings.namespaces,
             namespaces=list(settings.namespaces),
             liveness_endpoint=liveness,

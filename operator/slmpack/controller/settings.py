@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -39,6 +40,12 @@ class Settings:
     #: kopf peering name for running two operator replicas (SLMPACK_PEERING); empty runs
     #: standalone.
     peering: str = ""
+    #: This replica's peering priority (SLMPACK_PRIORITY): the highest live one works, the
+    #: others stand by. Default: derived from the instance name, so replicas differ.
+    priority: int = 0
+    #: Seconds a silent peer is still counted as alive (SLMPACK_PEERING_LIFETIME_SECONDS); a
+    #: standby takes over at most this long after the active replica dies.
+    peering_lifetime_seconds: int = 60
     #: Name of this operator instance in Events (SLMPACK_INSTANCE, defaults to the pod's
     #: hostname).
     instance: str = "slmpack-operator"
@@ -71,8 +78,15 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
     return value
 
 
+def default_priority(instance: str) -> int:
+    """A stable priority per replica name: two replicas of a Deployment get different ones
+    (kopf freezes every peer when priorities tie)."""
+    return zlib.crc32(instance.encode()) % 1_000_000
+
+
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     env = os.environ if env is None else env
+    instance = env.get("SLMPACK_INSTANCE") or env.get("HOSTNAME") or "slmpack-operator"
     namespaces = tuple(n.strip() for n in env.get("SLMPACK_NAMESPACES", "").split(",") if n.strip())
     base = _float(env, "SLMPACK_BACKOFF_BASE_SECONDS", 0.5)
     cap = _float(env, "SLMPACK_BACKOFF_MAX_SECONDS", 300.0)
@@ -90,5 +104,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         backoff_base_seconds=base,
         backoff_max_seconds=cap,
         peering=env.get("SLMPACK_PEERING", ""),
-        instance=env.get("SLMPACK_INSTANCE") or env.get("HOSTNAME") or "slmpack-operator",
+        priority=_int(
+            env, "SLMPACK_PRIORITY", zlib.crc32(instance.encode()) % 1_000_000, 0, 2**31 - 1
+        ),
+        peering_lifetime_seconds=_int(env, "SLMPACK_PEERING_LIFETIME_SECONDS", 60, 5, 3600),
+        instance=instance,
     )

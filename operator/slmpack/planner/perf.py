@@ -35,8 +35,9 @@ later measurements on real GPUs can recalibrate them.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, fields
-from functools import cache
+from functools import cache, lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -44,14 +45,18 @@ from typing import Any
 import yaml
 
 from slmpack.catalog.models import decode_flops_per_token, kv_bytes_for_sequence, weight_bytes
-from slmpack.catalog.types import GPUSpec, MigProfile, ModelSpec
+from slmpack.catalog.types import GPUSpec, KvDtype, MigProfile, ModelSpec, WeightDtype
 from slmpack.planner.types import EngineSettings, PerfPoint, SharingMode, Workload
 
-#: Fixed-point iterations for the co-location model; it converges in well under 30.
-_FIXED_POINT_ITERATIONS = 60
-_FIXED_POINT_TOLERANCE = 1e-7
-#: The operating batch is found to this share of the largest batch (well below one sequence).
-_BISECTION_TOLERANCE = 1e-3
+#: The co-location fixed point is solved to this share of the GPU phase.
+_FIXED_POINT_TOLERANCE = 1e-9
+#: The operating batch is the centre of the cell, 1/512 of the largest batch wide, that holds
+#: the batch carrying the load (half a sequence or finer up to 256 sequences). The grid is part
+#: of the model, not a solver tolerance: TTFT p99 near the Erlang C threshold moves by up to
+#: 16% when the operating batch moves within a cell.
+_BATCH_CELLS = 512
+#: Root-finder evaluations before giving up; it needs under 10 at these tolerances.
+_ROOT_ITERATIONS = 100
 
 
 @dataclass(frozen=True)
@@ -150,26 +155,66 @@ def engine_step(
     running_seqs: float,
 ) -> EngineStep:
     """Cost of one decode step with `running_seqs` sequences in the batch."""
+    return _StepCosts.of(model, engine, workload, device, params).at(running_seqs)
+
+
+@dataclass(frozen=True)
+class _StepCosts:
+    """engine_step for one model, engine, workload and device at any batch size."""
+
+    workload: Workload
+    device: Device
+    params: PerfParams
+    weights_bytes: int
+    kv_bytes_per_seq: int  # read per running sequence at its mean context
+    decode_flops_per_token: float
+    prefill_flops_per_token: float
+
+    @classmethod
+    def of(
+        cls,
+        model: ModelSpec,
+        engine: EngineSettings,
+        workload: Workload,
+        device: Device,
+        params: PerfParams,
+    ) -> _StepCosts:
+        terms = _step_terms(model, engine.weight_dtype, engine.kv_dtype, workload)
+        return cls(workload, device, params, *terms)
+
+    def at(self, running_seqs: float) -> EngineStep:
+        workload, params, weights = self.workload, self.params, self.weights_bytes
+        # Steady state: a sequence lives mean_output steps, so running/mean_output join per step.
+        prefill = running_seqs * workload.mean_input_tokens / workload.mean_output_tokens
+        kv_read = running_seqs * self.kv_bytes_per_seq
+        bytes_moved = weights + kv_read
+        flops = running_seqs * self.decode_flops_per_token + prefill * self.prefill_flops_per_token
+        memory_s = (
+            weights / params.bandwidth_efficiency + kv_read / params.attention_bandwidth_efficiency
+        ) / self.device.bandwidth_bytes_per_s
+        compute_s = flops / (params.compute_efficiency * self.device.flops_per_s)
+        gpu_s = max(memory_s, compute_s) + params.gpu_step_overhead_s
+        cpu_s = (
+            params.cpu_step_base_s
+            + params.cpu_per_seq_s * running_seqs
+            + params.cpu_per_prefill_token_s * prefill
+        )
+        return EngineStep(running_seqs, prefill, bytes_moved, flops, gpu_s, cpu_s)
+
+
+@lru_cache(maxsize=1024)
+def _step_terms(
+    model: ModelSpec, weight_dtype: WeightDtype, kv_dtype: KvDtype, workload: Workload
+) -> tuple[int, int, float, float]:
+    """The batch-independent terms of _StepCosts, shared by every batch size and packing the
+    planner tries for one model."""
     mean_context = workload.mean_input_tokens + workload.mean_output_tokens // 2
-    # Steady state: a sequence lives mean_output steps, so running/mean_output new ones per step.
-    prefill = running_seqs * workload.mean_input_tokens / workload.mean_output_tokens
-    kv_read = running_seqs * kv_bytes_for_sequence(model, mean_context, engine.kv_dtype)
-    weights = weight_bytes(model, engine.weight_dtype)
-    bytes_moved = weights + kv_read
-    flops = running_seqs * decode_flops_per_token(model, mean_context) + prefill * (
-        decode_flops_per_token(model, workload.mean_input_tokens // 2)
+    return (
+        weight_bytes(model, weight_dtype),
+        kv_bytes_for_sequence(model, mean_context, kv_dtype),
+        decode_flops_per_token(model, mean_context),
+        decode_flops_per_token(model, workload.mean_input_tokens // 2),
     )
-    memory_s = (
-        weights / params.bandwidth_efficiency + kv_read / params.attention_bandwidth_efficiency
-    ) / device.bandwidth_bytes_per_s
-    compute_s = flops / (params.compute_efficiency * device.flops_per_s)
-    gpu_s = max(memory_s, compute_s) + params.gpu_step_overhead_s
-    cpu_s = (
-        params.cpu_step_base_s
-        + params.cpu_per_seq_s * running_seqs
-        + params.cpu_per_prefill_token_s * prefill
-    )
-    return EngineStep(running_seqs, prefill, bytes_moved, flops, gpu_s, cpu_s)
 
 
 def _speedup(mode: SharingMode, contenders: float, solo_util: float, params: PerfParams) -> float:
@@ -210,22 +255,89 @@ def colocated_cycle(
     step: EngineStep, engines: int, mode: SharingMode, device: Device, params: PerfParams
 ) -> Cycle:
     """Solve the mean-value fixed point for `engines` identical engines sharing one device."""
-    solo_util = step.utilisation(device)
-    gpu_phase = step.gpu_s
-    cycle = _combine(step.cpu_s, gpu_phase, params.cpu_gpu_overlap_ratio)
-    contenders = 1.0
+    overlap = params.cpu_gpu_overlap_ratio
     if engines == 1:
-        return Cycle(step, cycle, gpu_phase, contenders)
-    for _ in range(_FIXED_POINT_ITERATIONS):
-        contenders = 1.0 + (engines - 1) * min(1.0, gpu_phase / cycle)
-        speed = _speedup(mode, contenders, solo_util, params)
-        target = step.gpu_s * contenders / speed
-        previous = gpu_phase
-        gpu_phase = 0.5 * gpu_phase + 0.5 * target  # damped: the map oscillates undamped
-        cycle = _combine(step.cpu_s, gpu_phase, params.cpu_gpu_overlap_ratio)
-        if abs(gpu_phase - previous) <= _FIXED_POINT_TOLERANCE * gpu_phase:
+        return Cycle(step, _combine(step.cpu_s, step.gpu_s, overlap), step.gpu_s, 1.0)
+    solo_util = step.utilisation(device)
+    cpu_s, solo_gpu_s, others = step.cpu_s, step.gpu_s, engines - 1
+
+    def excess(gpu_phase: float) -> float:
+        k = 1.0 + others * min(1.0, gpu_phase / _combine(cpu_s, gpu_phase, overlap))
+        return solo_gpu_s * k / _speedup(mode, k, solo_util, params) - gpu_phase
+
+    # The stretched phase g * k / r(k) never falls as k rises, and k never falls as the phase
+    # grows, so the fixed point lies between the solo phase and the phase with every engine
+    # contending.
+    low, high = solo_gpu_s, solo_gpu_s * engines / _speedup(mode, engines, solo_util, params)
+    excess_low = excess(low)
+    if excess_low <= 0.0 or high <= low:
+        gpu_phase = low
+    else:
+        excess_high = excess(high)
+        if excess_high >= 0.0:  # every engine contends all the time: no CPU phase shows
+            gpu_phase = high
+        else:
+            gpu_phase = _root(excess, low, excess_low, high, excess_high, _FIXED_POINT_TOLERANCE)
+    cycle = _combine(cpu_s, gpu_phase, overlap)
+    return Cycle(step, cycle, gpu_phase, 1.0 + others * min(1.0, gpu_phase / cycle))
+
+
+def _root(
+    fn: Callable[[float], float],
+    low: float,
+    f_low: float,
+    high: float,
+    f_high: float,
+    tol: float,
+    cell: float = 0.0,
+) -> float:
+    """A root of `fn` between `low` and `high`, where it changes sign, once the bracket or the
+    residual is within `tol` of it.
+
+    With a `cell` width it stops as soon as the bracket lies within one cell and returns a point
+    inside it, for callers that need only the cell holding the root.
+
+    Regula falsi with the Anderson-Bjorck weighting: near-linear functions such as these
+    converge in a few evaluations, and shrinking the value kept at the end that did not move
+    makes the bracket close from both sides.
+    """
+    moved = 0  # the end the last probe replaced: 1 high, -1 low
+    for _ in range(_ROOT_ITERATIONS):
+        if f_low == 0.0:
+            return low
+        if f_high == 0.0:
+            return high
+        if high - low <= tol * high:
             break
-    return Cycle(step, cycle, gpu_phase, contenders)
+        x = high - f_high * (high - low) / (f_high - f_low)
+        if cell:
+            first = math.floor(low / cell)
+            last = math.ceil(high / cell) - 1
+            if first >= last:
+                break
+            # Probe the centre of the estimate's cell, which the caller is likely to want, or
+            # its far edge once one end of the bracket sits in it.
+            estimate = min(max(math.floor(x / cell), first), last)
+            if estimate == first:
+                x = (first + 1) * cell
+            elif estimate == last:
+                x = last * cell
+            else:
+                x = (estimate + 0.5) * cell
+        fx = fn(x)
+        if abs(fx) <= tol * abs(x):
+            return x
+        if (fx > 0.0) == (f_high > 0.0):
+            if moved == 1:
+                weight = 1.0 - fx / f_high
+                f_low *= weight if weight > 0.0 else 0.5
+            high, f_high, moved = x, fx, 1
+        else:
+            if moved == -1:
+                weight = 1.0 - fx / f_low
+                f_high *= weight if weight > 0.0 else 0.5
+            low, f_low, moved = x, fx, -1
+    return (low + high) / 2
 
 
 def erlang_c_wait_probability(servers: int, offered_erlangs: float) -> float:
@@ -245,14 +357,20 @@ def queue_wait_quantile_s(
     servers: int, offered_erlangs: float, service_s: float, quantile: float
 ) -> float:
     """Wait before admission at `quantile` in an M/M/c queue (0 when most arrivals never wait)."""
+    return _queue_waits_s(servers, offered_erlangs, service_s, (quantile,))[0]
+
+
+def _queue_waits_s(
+    servers: int, offered_erlangs: float, service_s: float, quantiles: tuple[float, ...]
+) -> tuple[float, ...]:
+    """queue_wait_quantile_s at several quantiles, sharing one Erlang C sum."""
     if offered_erlangs >= servers:
-        return math.inf
+        return tuple(math.inf for _ in quantiles)
     p_wait = erlang_c_wait_probability(servers, offered_erlangs)
-    tail = 1.0 - quantile
-    if p_wait <= tail:
-        return 0.0
     drain_rate = (servers - offered_erlangs) / service_s
-    return math.log(p_wait / tail) / drain_rate
+    return tuple(
+        0.0 if p_wait <= 1.0 - q else math.log(p_wait / (1.0 - q)) / drain_rate for q in quantiles
+    )
 
 
 @dataclass(frozen=True)
@@ -283,20 +401,13 @@ def predict(
     # A running sequence holds up to input+output tokens of KV; beyond that vLLM preempts.
     kv_limited = kv_capacity_tokens / workload.tokens_per_request
     batch = max(1.0, min(float(engine.max_num_seqs), kv_limited))
-    saturated = colocated_cycle(
-        engine_step(model, engine, workload, device, params, batch),
-        engines,
-        shape.mode,
-        device,
-        params,
-    )
+    steps = _StepCosts.of(model, engine, workload, device, params)
+    saturated = colocated_cycle(steps.at(batch), engines, shape.mode, device, params)
     replicas = engines * shape.devices_per_gpu
     output_tps = replicas * batch / saturated.cycle_s
     total_factor = workload.tokens_per_request / workload.mean_output_tokens
 
-    operating = _operating_cycle(
-        model, engine, workload, shape, params, batch, output_tps * load_ratio / replicas
-    )
+    operating = _operating_cycle(steps, shape, saturated, output_tps * load_ratio / replicas)
     latency = _latencies(model, engine, workload, shape, params, operating, batch)
 
     busy_one = min(1.0, saturated.gpu_phase_s / saturated.cycle_s)
@@ -331,38 +442,41 @@ def power_watts(gpu: GPUSpec, dram_active: float, busy: float, params: PerfParam
 
 
 def _operating_cycle(
-    model: ModelSpec,
-    engine: EngineSettings,
-    workload: Workload,
-    shape: PackingShape,
-    params: PerfParams,
-    max_batch: float,
-    output_tps_per_replica: float,
+    steps: _StepCosts, shape: PackingShape, saturated: Cycle, output_tps_per_replica: float
 ) -> Cycle:
-    """Cycle at the running-batch size that carries the offered load (bisection on Little's law)."""
-    low, high = 0.0, max_batch
-    cycle = colocated_cycle(
-        engine_step(model, engine, workload, shape.device, params, max_batch),
-        shape.engines_per_device,
-        shape.mode,
-        shape.device,
-        params,
+    """Cycle at the running-batch size that carries the offered load (a root of Little's law)."""
+    cycles: dict[float, Cycle] = {saturated.step.running_seqs: saturated}
+
+    def cycle_at(batch: float) -> Cycle:
+        if batch not in cycles:
+            cycles[batch] = colocated_cycle(
+                steps.at(batch), shape.engines_per_device, shape.mode, shape.device, steps.params
+            )
+        return cycles[batch]
+
+    def surplus(batch: float) -> float:
+        # The batch drains batch/cycle tokens per second; it grows until that meets the load.
+        return batch - output_tps_per_replica * cycle_at(batch).cycle_s
+
+    # Throughput rises with the batch: none at an empty batch, the saturated rate at the largest.
+    # Only the sign at an empty batch is certain without solving there; its size is estimated
+    # with the saturated slowdown, which is enough to aim the first probe near the root.
+    max_batch = saturated.step.running_seqs
+    empty = steps.at(0.0)
+    empty_cycle_s = _combine(
+        empty.cpu_s, empty.gpu_s * saturated.slowdown, steps.params.cpu_gpu_overlap_ratio
     )
-    while high - low > _BISECTION_TOLERANCE * max_batch:
-        mid = (low + high) / 2
-        cycle = colocated_cycle(
-            engine_step(model, engine, workload, shape.device, params, max(mid, 1e-3)),
-            shape.engines_per_device,
-            shape.mode,
-            shape.device,
-            params,
-        )
-        # The batch drains mid/cycle tokens per second; raise it until that meets the load.
-        if mid / cycle.cycle_s < output_tps_per_replica:
-            low = mid
-        else:
-            high = mid
-    return cycle
+    cell = max_batch / _BATCH_CELLS
+    root = _root(
+        surplus,
+        0.0,
+        -output_tps_per_replica * empty_cycle_s,
+        max_batch,
+        surplus(max_batch),
+        0.0,
+        cell,
+    )
+    return cycle_at((min(math.floor(root / cell), _BATCH_CELLS - 1) + 0.5) * cell)
 
 
 @dataclass(frozen=True)
@@ -394,8 +508,7 @@ def _latencies(
     servers = max(1, int(max_batch))
     service_s = workload.mean_output_tokens * step_s
     offered = operating.step.running_seqs
-    wait_p50 = queue_wait_quantile_s(servers, offered, service_s, 0.5)
-    wait_p99 = queue_wait_quantile_s(servers, offered, service_s, 0.99)
+    wait_p50, wait_p99 = _queue_waits_s(servers, offered, service_s, (0.5, 0.99))
     return _Latency(
         itl_p99_s=step_s + prefill_s(chunk),
         ttft_p50_s=wait_p50 + step_s + prefill_s(workload.mean_input_tokens),

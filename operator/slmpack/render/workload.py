@@ -171,7 +171,7 @@ def _resources(spec: SLMDeploymentSpec, decision: Decision) -> dict[str, Any]:
     engines = decision.engines_per_pod
     requests = {k: _scaled(v, engines) for k, v in spec.engine.resources.requests.items()}
     limits = {k: _scaled(v, engines) for k, v in spec.engine.resources.limits.items()}
-    limits[decision.offer.resource] = 1
+    limits[decision.offer.resource] = "1"  # the canonical form the apiserver returns
     out: dict[str, Any] = {"limits": dict(sorted(limits.items()))}
     if requests:
         out["requests"] = dict(sorted(requests.items()))

@@ -1,4 +1,4 @@
-"""Runs `slmpack operator` as a real process against the test cluster, as in production."""
+"""Runs `slmpack operator` as a real process against a local cluster (tests, benchmarks)."""
 
 from __future__ import annotations
 
@@ -6,20 +6,23 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from slmpack.devcluster.errors import DevClusterError
 from slmpack.devcluster.launcher import free_port
 
-from .kube_helpers import wait_for
+START_TIMEOUT_SECONDS = 30.0
 
 
 class OperatorProcess:
-    def __init__(self, kubeconfig: Path, log_path: Path) -> None:
+    def __init__(self, kubeconfig: Path, log_path: Path, env: dict[str, str] | None = None) -> None:
         self.kubeconfig = kubeconfig
         self.log_path = log_path
+        self.extra_env = dict(env or {})
         self.metrics_port = 0
         self.health_port = 0
         self.process: subprocess.Popen[bytes] | None = None
@@ -33,6 +36,7 @@ class OperatorProcess:
             "SLMPACK_HEALTH_PORT": str(self.health_port),
             # Short backoff so the outage test recovers within its wait.
             "SLMPACK_BACKOFF_MAX_SECONDS": "10",
+            **self.extra_env,
         }
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
@@ -43,12 +47,19 @@ class OperatorProcess:
             start_new_session=True,
         )
         log.close()
-        wait_for(self._healthy, f"the operator's /healthz (log: {self.log_path})", 30)
+        deadline = time.monotonic() + START_TIMEOUT_SECONDS
+        while not self._healthy():
+            if time.monotonic() > deadline:
+                raise DevClusterError(
+                    f"The operator's /healthz did not answer within {START_TIMEOUT_SECONDS:g} s:"
+                    f"\n{self.log_tail()}"
+                )
+            time.sleep(0.1)
 
     def _healthy(self) -> bool:
         assert self.process is not None
         if self.process.poll() is not None:
-            raise AssertionError(f"The operator exited early:\n{self.log_tail()}")
+            raise DevClusterError(f"The operator exited early:\n{self.log_tail()}")
         try:
             url = f"http://127.0.0.1:{self.health_port}/healthz"
             with urllib.request.urlopen(url, timeout=1) as response:
@@ -83,6 +94,12 @@ class OperatorProcess:
                 if sample.name == name:
                     out[tuple(sorted(sample.labels.items()))] = sample.value
         return out
+
+    def peak_rss_bytes(self) -> int:
+        """VmHWM of the running operator process."""
+        status = Path(f"/proc/{self.pid}/status").read_text()
+        line = next(x for x in status.splitlines() if x.startswith("VmHWM:"))
+        return int(line.split()[1]) * 1024
 
     def writes(self) -> float:
         return sum(self.metric_values("slmpack_operator_api_writes_total").values())
