@@ -273,6 +273,75 @@ def test_kubectl_get_shows_the_printer_columns(
     ]
 
 
+def test_scale_subresource_drives_the_replicas(
+    api_client: client.ApiClient, namespace: str, operator: OperatorProcess
+) -> None:
+    # The apiserver serves /scale only when spec.replicas is set (see docs/operator.md).
+    spec = {
+        "model": {"uri": "hf://facebook/opt-125m"},
+        "gpu": {"sharing": "Exclusive"},
+        "replicas": 1,
+    }
+    create_slmd(api_client, namespace, "scaled", spec)
+    wait_condition(api_client, namespace, "scaled", "Ready", "True")
+    api = custom(api_client)
+    scale = api.get_namespaced_custom_object_scale(GROUP, VERSION, namespace, PLURAL, "scaled")
+    assert scale["status"]["selector"] == "slmpack.dev/deployment=scaled"
+    api.patch_namespaced_custom_object_scale(
+        GROUP, VERSION, namespace, PLURAL, "scaled", {"spec": {"replicas": 3}}
+    )
+
+    def scaled_to_three() -> bool:
+        obj = get_slmd(api_client, namespace, "scaled")
+        ready = condition(obj, "Ready")
+        return bool(
+            obj["status"].get("readyReplicas") == 3
+            and ready
+            and ready["status"] == "True"
+            and ready.get("observedGeneration") == obj["metadata"]["generation"]
+        )
+
+    wait_for(scaled_to_three, "3 ready replicas after scaling", 60)
+    scale = api.get_namespaced_custom_object_scale(GROUP, VERSION, namespace, PLURAL, "scaled")
+    assert scale["status"]["replicas"] == 3
+
+
+def test_an_operator_limited_to_namespaces_ignores_the_others(
+    api_client: client.ApiClient,
+    namespace: str,
+    operator: OperatorProcess,
+    live_cluster: LiveCluster,
+    tmp_path: Path,
+) -> None:
+    other = f"{namespace[:50]}-x"
+    client.CoreV1Api(api_client).create_namespace({"metadata": {"name": other}})
+    operator.stop()
+    scoped = OperatorProcess(
+        live_cluster.kubeconfig, tmp_path / "scoped.log", {"SLMPACK_NAMESPACES": namespace}
+    )
+    try:
+        scoped.start()
+        spec = {"model": {"uri": "hf://facebook/opt-125m"}}
+        wait_for(lambda: _has_default_sa(api_client, other), f"ServiceAccount in {other}")
+        create_slmd(api_client, other, "ignored", spec)
+        create_slmd(api_client, namespace, "watched", spec)
+        wait_condition(api_client, namespace, "watched", "Ready", "True")
+        time.sleep(2)
+        assert "status" not in get_slmd(api_client, other, "ignored")
+    finally:
+        scoped.stop()
+        client.CoreV1Api(api_client).delete_namespace(other)
+        operator.start()
+
+
+def _has_default_sa(api_client: client.ApiClient, namespace: str) -> bool:
+    try:
+        client.CoreV1Api(api_client).read_namespaced_service_account("default", namespace)
+    except ApiException:
+        return False
+    return True
+
+
 # --- validation and runtime failures -----------------------------------------------------
 
 
