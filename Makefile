@@ -41,12 +41,16 @@ typecheck: venv ## mypy --strict on the package
 tools: ## Build (or reuse) the pinned control-plane binaries into $(SLMPACK_CACHE)/bin
 	bash hack/build-tools.sh
 
+.PHONY: vllm-cpu
+vllm-cpu: ## Build (or reuse) the vLLM CPU venv and tiny model that tests/e2e serve
+	PYTHON=$(PYTHON) bash hack/build-vllm-cpu.sh
+
 .PHONY: unit
 unit: venv ## Unit tests only (no cluster)
 	$(VPY) -m pytest tests/unit -q
 
 .PHONY: test
-test: venv lint typecheck tools ## Everything CI runs: lint, types, unit and cluster tests
+test: venv lint typecheck tools vllm-cpu ## Everything CI runs: lint, types, unit, cluster, e2e
 	$(VPY) -m pytest -q
 
 .PHONY: cluster-up

@@ -402,6 +402,22 @@ def test_no_node_with_the_sharing_mode_reports_no_matching_gpu(
     assert "NVIDIA-H100-80GB-HBM3/none" in planned["message"]  # lists what the cluster offers
 
 
+def test_unschedulable_pods_report_degraded_with_the_schedulers_reason(
+    api_client: client.ApiClient, namespace: str, operator: OperatorProcess
+) -> None:
+    spec = {
+        "model": {"uri": "pvc://no-such-claim/opt", "config": {"catalogName": "opt-125m"}},
+        "gpu": {"products": [H100]},
+    }
+    create_slmd(api_client, namespace, "stuck", spec)
+    obj = wait_condition(api_client, namespace, "stuck", "Degraded", "True")
+    degraded = condition(obj, "Degraded")
+    assert degraded is not None
+    assert degraded["reason"] == "Unschedulable"
+    assert 'persistentvolumeclaim "no-such-claim" not found' in degraded["message"]
+    assert condition(obj, "Ready")["status"] == "False"  # type: ignore[index]
+
+
 def test_fixing_the_spec_recovers_from_a_failed_plan(
     api_client: client.ApiClient, namespace: str, operator: OperatorProcess
 ) -> None:

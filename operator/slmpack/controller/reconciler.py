@@ -42,6 +42,7 @@ from slmpack.controller.workqueue import WorkQueue
 from slmpack.errors import CatalogError, SlmpackError
 from slmpack.render.workload import (
     CHILD_KINDS,
+    DEPLOYMENT_LABEL,
     MANAGED_BY,
     MANAGED_BY_LABEL,
     Owner,
@@ -112,6 +113,8 @@ class Store:
     slmds: dict[Key, dict[str, Any]] = field(default_factory=dict)
     children: dict[ChildKey, dict[str, Any]] = field(default_factory=dict)
     nodes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: Pods by owning SLMDeployment, then pod name (from the deployment label).
+    pods: dict[Key, dict[str, dict[str, Any]]] = field(default_factory=dict)
 
 
 class Controller:
@@ -164,6 +167,28 @@ class Controller:
         owner = owner_key(body)
         if owner is not None and owner in self.store.slmds:
             self.queue.add(owner)
+
+    def on_pod(self, event_type: str | None, body: Mapping[str, Any]) -> None:
+        meta = body.get("metadata") or {}
+        owner = (meta.get("labels") or {}).get(DEPLOYMENT_LABEL)
+        if not owner:
+            return
+        key = (str(meta.get("namespace", "")), str(owner))
+        pods = self.store.pods.setdefault(key, {})
+        name = str(meta.get("name", ""))
+        old = pods.get(name)
+        if event_type == "DELETED":
+            pods.pop(name, None)
+            if not pods:
+                self.store.pods.pop(key, None)
+        else:
+            pods[name] = dict(body)
+        # Pod status churns (probes, heartbeats); only a change in what status reports about
+        # faults needs a pass.
+        before = st.pod_fault([old]) if old is not None else None
+        after = st.pod_fault([body]) if event_type != "DELETED" else None
+        if before != after and key in self.store.slmds:
+            self.queue.add(key)
 
     def on_node(self, event_type: str | None, body: Mapping[str, Any]) -> None:
         name = str((body.get("metadata") or {}).get("name", ""))
@@ -255,7 +280,8 @@ class Controller:
             return "plan_failed"
         owner = Owner(key[1], key[0], str(meta.get("uid", "")))
         deployment = await self._apply_children(owner, spec, decision)
-        rollout = st.rollout_of(deployment, decision.engines_per_pod)
+        pods = self.store.pods.get(key, {}).values()
+        rollout = st.rollout_of(deployment, decision.engines_per_pod, pods)
         await self._report_plan(body, previous, generation, spec, decision, rollout)
         self.metrics.planned_replicas.labels(*key).set(decision.replicas)
         self.metrics.ready_replicas.labels(*key).set(rollout.ready_replicas)

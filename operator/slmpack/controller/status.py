@@ -7,7 +7,7 @@ the others.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,11 +83,45 @@ class Rollout:
     ready_replicas: int
     updated: bool  # the controller saw the latest template and every pod runs it
     stalled_message: str | None  # progress deadline exceeded or pods failing to create
+    #: A fault seen on the pods themselves: (CamelCase reason, message), or None.
+    pod_fault: tuple[str, str] | None = None
 
 
-def rollout_of(deployment: Mapping[str, Any] | None, engines_per_pod: int) -> Rollout:
+def pod_fault(pods: Iterable[Mapping[str, Any]]) -> tuple[str, str] | None:
+    """Why pods are not running, as the scheduler and kubelet say it.
+
+    Unschedulable pods usually mean no GPU of the planned kind is free (or a missing PVC);
+    a crash loop usually means a bad image, model URI or engine argument.
+    """
+    unschedulable: list[str] = []
+    crashing: list[str] = []
+    for pod in pods:
+        status = pod.get("status") or {}
+        for cond in status.get("conditions") or []:
+            if cond.get("type") == "PodScheduled" and cond.get("reason") == "Unschedulable":
+                unschedulable.append(str(cond.get("message", "")))
+        for container in status.get("containerStatuses") or []:
+            waiting = (container.get("state") or {}).get("waiting") or {}
+            if waiting.get("reason") in ("CrashLoopBackOff", "ImagePullBackOff", "ErrImagePull"):
+                crashing.append(f"{waiting['reason']}: {waiting.get('message', '')}".strip(": "))
+    if unschedulable:
+        return (
+            "Unschedulable",
+            f"{len(unschedulable)} pod(s) cannot be scheduled: {unschedulable[0]}",
+        )
+    if crashing:
+        return ("ReplicasFailing", f"{len(crashing)} pod(s) failing: {crashing[0]}")
+    return None
+
+
+def rollout_of(
+    deployment: Mapping[str, Any] | None,
+    engines_per_pod: int,
+    pods: Iterable[Mapping[str, Any]] = (),
+) -> Rollout:
+    fault = pod_fault(pods)
     if deployment is None:
-        return Rollout(0, 0, False, None)
+        return Rollout(0, 0, False, None, fault)
     status = deployment.get("status") or {}
     spec_replicas = int((deployment.get("spec") or {}).get("replicas", 0))
     generation = int((deployment.get("metadata") or {}).get("generation", 0))
@@ -111,6 +145,7 @@ def rollout_of(deployment: Mapping[str, Any] | None, engines_per_pod: int) -> Ro
         ready_replicas=int(status.get("readyReplicas", 0)) * engines_per_pod,
         updated=updated,
         stalled_message=stalled,
+        pod_fault=fault,
     )
 
 
@@ -146,6 +181,9 @@ def planned_conditions(
         out = set_condition(
             out, DEGRADED, "True", "RolloutStalled", rollout.stalled_message, generation, now
         )
+    elif rollout.pod_fault is not None:
+        reason, message = rollout.pod_fault
+        out = set_condition(out, DEGRADED, "True", reason, message, generation, now)
     else:
         out = set_condition(out, DEGRADED, "False", "AsPlanned", "No fault seen", generation, now)
     if rollout.ready_replicas >= want and rollout.updated:

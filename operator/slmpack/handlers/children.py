@@ -29,3 +29,9 @@ def register(registry: kopf.OperatorRegistry, controller: Callable[[], Controlle
         kopf.on.event(resource, labels=_OWNED, registry=registry, id=f"{kind.lower()}-event")(
             child_event
         )
+
+    # Pods of the Deployments: the scheduler's and kubelet's reasons for faults (no free GPU,
+    # a crash loop) show up only here.
+    @kopf.on.event("", "v1", "pods", labels=_OWNED, registry=registry)
+    def pod_event(type: str | None, body: kopf.Body, **_: Any) -> None:
+        controller().on_pod(type, body)

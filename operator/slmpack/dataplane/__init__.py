@@ -1,0 +1,1 @@
+"""Running real inference engines outside Kubernetes: the vLLM CPU build for tests."""
