@@ -45,7 +45,7 @@ from slmpack.catalog.gpus import default_gpu_catalog
 from slmpack.catalog.models import default_model_catalog
 from slmpack.controller.decide import decide
 from slmpack.controller.inventory import cluster_offers
-from slmpack.devcluster import binaries, gpu_nodes, launcher, node_apply
+from slmpack.devcluster import binaries, crd_apply, gpu_nodes, launcher, node_apply
 from slmpack.devcluster.operator_process import OperatorProcess
 from slmpack.render.workload import Owner, RenderDefaults, deployment
 
@@ -104,27 +104,6 @@ def specs(count: int, seed: int) -> list[dict[str, Any]]:
             }
         )
     return out
-
-
-def apply_crd(api: client.ApiClient) -> None:
-    ext = client.ApiextensionsV1Api(api)
-    body = yaml.safe_load(CRD_PATH.read_text())
-    ext.patch_custom_resource_definition(
-        body["metadata"]["name"],
-        body,
-        field_manager="slmpack-bench",
-        force=True,
-        _content_type="application/apply-patch+yaml",
-    )
-    wait(
-        lambda: any(
-            c.type == "Established" and c.status == "True"
-            for c in ext.read_custom_resource_definition(body["metadata"]["name"]).status.conditions
-            or []
-        ),
-        "CRD established",
-        60,
-    )
 
 
 def wait(probe: Callable[[], bool], what: str, timeout: float, every: float = 0.5) -> float:
@@ -287,7 +266,7 @@ def main(argv: list[str] | None = None) -> None:
         names = node_apply.apply_nodes(api, node_manifests)
         node_apply.wait_nodes_ready(api, names, timeout_seconds=300)
         nodes = [api.sanitize_for_serialization(n) for n in client.CoreV1Api(api).list_node().items]
-        apply_crd(api)
+        crd_apply.apply_crd_file(api, CRD_PATH)
         population = specs(args.deployments, args.seed)
         log("Baseline: the same Deployments created directly")
         baseline_ready_s = baseline(api, population, nodes)

@@ -18,7 +18,7 @@ import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from slmpack.devcluster import binaries, gpu_nodes, launcher, node_apply
+from slmpack.devcluster import binaries, crd_apply, gpu_nodes, launcher, node_apply
 from slmpack.devcluster.operator_process import OperatorProcess
 
 from .conftest import LiveCluster
@@ -39,23 +39,7 @@ H100 = "NVIDIA-H100-80GB-HBM3"
 
 @pytest.fixture(scope="module")
 def crd(api_client: client.ApiClient) -> None:
-    ext = client.ApiextensionsV1Api(api_client)
-    body = yaml.safe_load(CRD_PATH.read_text())
-    ext.patch_custom_resource_definition(
-        body["metadata"]["name"],
-        body,
-        field_manager="slmpack-tests",
-        force=True,
-        _content_type="application/apply-patch+yaml",
-    )
-
-    def established() -> bool:
-        got = ext.read_custom_resource_definition(body["metadata"]["name"])
-        return any(
-            c.type == "Established" and c.status == "True" for c in got.status.conditions or []
-        )
-
-    wait_for(established, "the SLMDeployment CRD to be established")
+    crd_apply.apply_crd_file(api_client, CRD_PATH)
 
 
 @pytest.fixture(scope="module")
@@ -575,19 +559,7 @@ def test_two_replicas_with_peering_one_works_and_the_standby_takes_over(
     live_cluster: LiveCluster,
     tmp_path: Path,
 ) -> None:
-    ext = client.ApiextensionsV1Api(api_client)
-    for body in yaml.safe_load_all(PEERING_CRD_PATH.read_text()):
-        ext.patch_custom_resource_definition(
-            body["metadata"]["name"],
-            body,
-            field_manager="slmpack-tests",
-            force=True,
-            _content_type="application/apply-patch+yaml",
-        )
-    wait_for(
-        lambda: _served(api_client, "kopf.dev/v1", "ClusterKopfPeering"),
-        "the peering CRDs to be served",
-    )
+    crd_apply.apply_crd_file(api_client, PEERING_CRD_PATH)
     peering = f"pair-{uuid.uuid4().hex[:6]}"
     custom(api_client).create_cluster_custom_object(
         "kopf.dev",
@@ -626,15 +598,6 @@ def test_two_replicas_with_peering_one_works_and_the_standby_takes_over(
             "kopf.dev", "v1", "clusterkopfpeerings", peering
         )
         operator.start()
-
-
-def _served(api_client: client.ApiClient, group_version: str, kind: str) -> bool:
-    group, version = group_version.split("/")
-    try:
-        resources = client.CustomObjectsApi(api_client).get_api_resources(group, version)
-    except ApiException:
-        return False
-    return any(r.kind == kind for r in resources.resources)
 
 
 def test_no_writes_while_idle(
