@@ -23,7 +23,7 @@ def test_empty_environment_gives_the_documented_defaults() -> None:
         DEFAULT_VLLM_IMAGE,
         DEFAULT_LAUNCHER_IMAGE,
     )
-    assert (settings.workers, settings.metrics_port, settings.health_port) == (8, 8080, 8081)
+    assert (settings.workers, settings.metrics_port, settings.health_port) == (16, 8080, 8081)
     assert (settings.backoff_base_seconds, settings.backoff_max_seconds) == (0.5, 300.0)
     assert (settings.peering, settings.instance) == ("", "slmpack-operator")
 

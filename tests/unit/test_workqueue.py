@@ -126,3 +126,25 @@ async def test_close_cancels_pending_timers() -> None:
     queue.close()
 
     assert await _nothing_within(queue, 0.05)
+
+
+async def test_urgent_keys_are_served_before_routine_ones() -> None:
+    queue: WorkQueue[str] = WorkQueue()
+    queue.add("status-refresh-1")
+    queue.add("status-refresh-2")
+    queue.add("new-object", urgent=True)
+    queue.add("status-refresh-2", urgent=True)  # promoted, not queued twice
+    order = [await queue.get() for _ in range(3)]
+    assert order == ["new-object", "status-refresh-2", "status-refresh-1"]
+    assert len(queue) == 0
+
+
+async def test_an_urgent_add_while_processing_comes_back_urgent() -> None:
+    queue: WorkQueue[str] = WorkQueue()
+    queue.add("a")
+    busy = await queue.get()
+    queue.add("b")
+    queue.add("a", urgent=True)
+    queue.done(busy)
+    assert await queue.get() == "a"
+    assert await queue.get() == "b"

@@ -54,18 +54,27 @@ KINDS: dict[str, ResourceKind] = {
 }
 
 
+#: HTTP connections to the apiserver; at least the number of concurrent reconciles, or
+#: workers queue for a connection instead of for the apiserver.
+CONNECTION_POOL_SIZE = 64
+
+
 def load_api_client(kubeconfig: str | None) -> client.ApiClient:
     """In-cluster credentials when running in a pod, else the kubeconfig (or $KUBECONFIG)."""
     if kubeconfig is None:
         try:
-            config.load_incluster_config()  # type: ignore[no-untyped-call]
-            return client.ApiClient()
+            configuration = client.Configuration()
+            config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+            configuration.connection_pool_maxsize = CONNECTION_POOL_SIZE
+            return client.ApiClient(configuration)
         except config.ConfigException:
             pass
-    api_client: client.ApiClient = config.new_client_from_config(  # type: ignore[no-untyped-call]
-        config_file=kubeconfig
+    configuration = client.Configuration()
+    config.load_kube_config(  # type: ignore[no-untyped-call]
+        config_file=kubeconfig, client_configuration=configuration
     )
-    return api_client
+    configuration.connection_pool_maxsize = CONNECTION_POOL_SIZE
+    return client.ApiClient(configuration)
 
 
 def is_temporary(err: ApiException) -> bool:

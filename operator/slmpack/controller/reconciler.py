@@ -155,7 +155,7 @@ class Controller:
         # Our own status writes come back as events; they change nothing to decide.
         if old is not None and _same_input(old, body):
             return
-        self.queue.add(key)
+        self.queue.add(key, urgent=True)
 
     def on_child(self, kind: str, event_type: str | None, body: Mapping[str, Any]) -> None:
         namespace, name = _key(body)
@@ -319,8 +319,7 @@ class Controller:
     async def _apply_children(
         self, owner: Owner, spec: SLMDeploymentSpec, decision: Decision
     ) -> dict[str, Any] | None:
-        deployment: dict[str, Any] | None = None
-        for obj in children(owner, spec, decision, self.defaults):
+        async def ensure(obj: dict[str, Any]) -> dict[str, Any] | None:
             child_key = (obj["kind"], owner.namespace, obj["metadata"]["name"])
             have = self.store.children.get(child_key)
             if have is None or not contains(have, obj):
@@ -329,9 +328,19 @@ class Controller:
                 if result is not None:
                     self.store.children[child_key] = result
                     have = result
-            if obj["kind"] == "Deployment":
-                deployment = have
-        return deployment
+            return have
+
+        # The children do not depend on each other: apply them concurrently.
+        wanted = children(owner, spec, decision, self.defaults)
+        results = await asyncio.gather(*(ensure(obj) for obj in wanted))
+        return next(
+            (
+                have
+                for obj, have in zip(wanted, results, strict=True)
+                if obj["kind"] == "Deployment"
+            ),
+            None,
+        )
 
     async def _write_status(self, body: Mapping[str, Any], status: SLMDeploymentStatus) -> None:
         meta = body["metadata"]

@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import kopf
 from prometheus_client import start_http_server
 
-from slmpack.controller.kube import KubeApi, load_api_client
+from slmpack.controller.kube import CONNECTION_POOL_SIZE, KubeApi, load_api_client
 from slmpack.controller.metrics import OperatorMetrics
 from slmpack.controller.reconciler import Controller
 from slmpack.controller.settings import Settings
@@ -47,6 +48,10 @@ def run_operator(settings: Settings, kubeconfig: str | None = None) -> None:
         settings.watching.client_timeout = 330
         settings.networking.error_backoffs = [1, 2, 5, 10, 20, 30]
         settings.peering.lifetime = settings_.peering_lifetime_seconds
+        # API calls run in threads (the client is synchronous): one per pooled connection.
+        asyncio.get_running_loop().set_default_executor(
+            ThreadPoolExecutor(CONNECTION_POOL_SIZE, thread_name_prefix="kube-api")
+        )
         holder["controller"] = Controller(api, settings_, metrics)
         await holder["controller"].prime()
         holder["controller"].start()

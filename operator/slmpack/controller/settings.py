@@ -28,7 +28,7 @@ class Settings:
     vllm_image: str = DEFAULT_VLLM_IMAGE
     launcher_image: str = DEFAULT_LAUNCHER_IMAGE
     #: Concurrent reconciles (SLMPACK_WORKERS). Each spends most of its time waiting on the API.
-    workers: int = 8
+    workers: int = 16
     #: Port of /metrics (SLMPACK_METRICS_PORT); 0 turns it off.
     metrics_port: int = 8080
     #: Port of the liveness endpoint /healthz (SLMPACK_HEALTH_PORT); 0 turns it off.
@@ -98,7 +98,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         namespaces=namespaces,
         vllm_image=env.get("SLMPACK_VLLM_IMAGE") or DEFAULT_VLLM_IMAGE,
         launcher_image=env.get("SLMPACK_LAUNCHER_IMAGE") or DEFAULT_LAUNCHER_IMAGE,
-        workers=_int(env, "SLMPACK_WORKERS", 8, 1, 256),
+        workers=_int(env, "SLMPACK_WORKERS", 16, 1, 256),
         metrics_port=_int(env, "SLMPACK_METRICS_PORT", 8080, 0, 65535),
         health_port=_int(env, "SLMPACK_HEALTH_PORT", 8081, 0, 65535),
         backoff_base_seconds=base,

@@ -9,6 +9,7 @@ broken object never hot-loops and never starves the others.
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Hashable
 from typing import Generic, TypeVar
 
@@ -23,11 +24,17 @@ def backoff_delay_s(failures: int, base_s: float, cap_s: float) -> float:
 
 
 class WorkQueue(Generic[K]):
+    """Two lanes: urgent keys (new objects, spec changes) are served before routine ones
+    (status refreshes), so a burst of rollout progress never delays planning a new object."""
+
     def __init__(self, base_delay_s: float = 0.5, max_delay_s: float = 300.0) -> None:
-        self._queue: asyncio.Queue[K] = asyncio.Queue()
+        self._urgent: deque[K] = deque()
+        self._routine: deque[K] = deque()
+        self._wakeup = asyncio.Event()
         self._queued: set[K] = set()
         self._processing: set[K] = set()
         self._dirty: set[K] = set()
+        self._dirty_urgent: set[K] = set()
         self._failures: dict[K, int] = {}
         self._timers: dict[K, asyncio.TimerHandle] = {}
         self.base_delay_s = base_delay_s
@@ -36,16 +43,23 @@ class WorkQueue(Generic[K]):
     def __len__(self) -> int:
         return len(self._queued)
 
-    def add(self, key: K) -> None:
+    def add(self, key: K, urgent: bool = False) -> None:
         timer = self._timers.pop(key, None)
         if timer is not None:
             timer.cancel()
         if key in self._processing:
             self._dirty.add(key)
+            if urgent:
+                self._dirty_urgent.add(key)
             return
-        if key not in self._queued:
-            self._queued.add(key)
-            self._queue.put_nowait(key)
+        if key in self._queued:
+            if urgent and key in self._routine:
+                self._routine.remove(key)
+                self._urgent.append(key)
+            return
+        self._queued.add(key)
+        (self._urgent if urgent else self._routine).append(key)
+        self._wakeup.set()
 
     def add_after(self, key: K, delay_s: float) -> None:
         if key in self._queued or key in self._timers:
@@ -58,7 +72,10 @@ class WorkQueue(Generic[K]):
         self.add(key)
 
     async def get(self) -> K:
-        key = await self._queue.get()
+        while not (self._urgent or self._routine):
+            self._wakeup.clear()
+            await self._wakeup.wait()
+        key = self._urgent.popleft() if self._urgent else self._routine.popleft()
         self._queued.discard(key)
         self._processing.add(key)
         return key
@@ -67,7 +84,9 @@ class WorkQueue(Generic[K]):
         self._processing.discard(key)
         if key in self._dirty:
             self._dirty.discard(key)
-            self.add(key)
+            urgent = key in self._dirty_urgent
+            self._dirty_urgent.discard(key)
+            self.add(key, urgent)
 
     def forget(self, key: K) -> None:
         """The key succeeded: its next failure starts the backoff from the base again."""

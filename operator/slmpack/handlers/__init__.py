@@ -3,7 +3,8 @@
 They only record the object and queue its SLMDeployment; all decisions happen in
 `slmpack.controller.reconciler`. Event handlers (rather than kopf's create/update handlers)
 keep kopf from writing its own bookkeeping into the objects, so a converged cluster sees no
-writes at all.
+writes at all. They are coroutines so that they run on the event loop with the controller,
+never in kopf's thread pool.
 """
 
 from __future__ import annotations

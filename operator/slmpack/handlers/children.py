@@ -22,7 +22,9 @@ CHILD_KINDS = (
 def register(registry: kopf.OperatorRegistry, controller: Callable[[], Controller]) -> None:
     for group, version, plural, kind in CHILD_KINDS:
 
-        def child_event(type: str | None, body: kopf.Body, _kind: str = kind, **_: Any) -> None:
+        async def child_event(
+            type: str | None, body: kopf.Body, _kind: str = kind, **_: Any
+        ) -> None:
             controller().on_child(_kind, type, body)
 
         resource = f"{plural}.{version}.{group}" if group else f"{plural}.{version}"
@@ -33,5 +35,5 @@ def register(registry: kopf.OperatorRegistry, controller: Callable[[], Controlle
     # Pods of the Deployments: the scheduler's and kubelet's reasons for faults (no free GPU,
     # a crash loop) show up only here.
     @kopf.on.event("", "v1", "pods", labels=_OWNED, registry=registry)
-    def pod_event(type: str | None, body: kopf.Body, **_: Any) -> None:
+    async def pod_event(type: str | None, body: kopf.Body, **_: Any) -> None:
         controller().on_pod(type, body)

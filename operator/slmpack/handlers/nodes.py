@@ -12,5 +12,5 @@ from slmpack.controller.reconciler import Controller
 
 def register(registry: kopf.OperatorRegistry, controller: Callable[[], Controller]) -> None:
     @kopf.on.event("", "v1", "nodes", registry=registry)
-    def node_event(type: str | None, body: kopf.Body, **_: Any) -> None:
+    async def node_event(type: str | None, body: kopf.Body, **_: Any) -> None:
         controller().on_node(type, body)

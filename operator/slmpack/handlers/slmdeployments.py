@@ -13,5 +13,5 @@ from slmpack.controller.reconciler import Controller
 
 def register(registry: kopf.OperatorRegistry, controller: Callable[[], Controller]) -> None:
     @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
-    def slmdeployment_event(type: str | None, body: kopf.Body, **_: Any) -> None:
+    async def slmdeployment_event(type: str | None, body: kopf.Body, **_: Any) -> None:
         controller().on_slmd(type, body)
