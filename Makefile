@@ -79,6 +79,15 @@ bench: venv tools ## Run the benchmarks under bench/ (writes bench/results/; ~25
 	$(VPY) bench/packing.py
 	$(VPY) bench/operator_scale.py
 
+IMAGE_REGISTRY ?= ghcr.io/slmpack
+IMAGE_TAG ?= $(shell sed -n 's/^appVersion: "\(.*\)"$$/\1/p' charts/slmpack/Chart.yaml)
+CONTAINER_TOOL ?= docker
+
+.PHONY: images
+images: ## Build the operator and launcher images (needs Docker or Podman with BuildKit)
+	$(CONTAINER_TOOL) build -f images/operator/Dockerfile --build-arg VERSION=$(IMAGE_TAG) -t $(IMAGE_REGISTRY)/operator:$(IMAGE_TAG) .
+	$(CONTAINER_TOOL) build -f images/launcher/Dockerfile --build-arg VERSION=$(IMAGE_TAG) -t $(IMAGE_REGISTRY)/launcher:$(IMAGE_TAG) .
+
 .PHONY: clean
 clean: ## Remove the venv and caches in the repo (not the binary cache)
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -158,24 +158,20 @@ def test_old_gfd_time_slicing_without_strategy_label_is_still_time_slicing() -> 
 
 @pytest.mark.parametrize(
     "break_node",
-    [
-        pytest.param(lambda n: n["status"].update(conditions=[]), id="no-ready-condition"),
-        pytest.param(
-            lambda n: n["status"].update(conditions=[{"type": "Ready", "status": "False"}]),
-            id="not-ready",
-        ),
-        pytest.param(
-            lambda n: n["status"].update(conditions=[{"type": "Ready", "status": "Unknown"}]),
-            id="ready-unknown",
-        ),
-        pytest.param(lambda n: n["spec"].update(unschedulable=True), id="cordoned"),
-    ],
+    [pytest.param(lambda n: n["spec"].update(unschedulable=True), id="cordoned")],
 )
 def test_unusable_nodes_offer_nothing(break_node: Any) -> None:
     node = copy.deepcopy(FLEET["h100-0"])
     assert node_offers(node)  # the same node offers GPUs while healthy
     break_node(node)
     assert node_offers(node) == []
+
+
+@pytest.mark.parametrize("status", ["False", "Unknown"])
+def test_a_node_missing_heartbeats_keeps_its_offer(status: str) -> None:
+    # Readiness flaps with kubelet heartbeats; the plan must not follow it.
+    node = ready(copy.deepcopy(FLEET["h100-0"]), status=status)
+    assert node_offers(node) == node_offers(FLEET["h100-0"])
 
 
 def test_merging_sums_capacity_and_lists_nodes_sorted() -> None:
@@ -215,8 +211,9 @@ def test_offer_kinds_ignore_node_count_and_capacity() -> None:
     assert offer_kinds(with_l4) == {"NVIDIA-H100-80GB-HBM3/none", "NVIDIA-L4/time-slicingx4"}
 
 
-def test_not_ready_node_drops_out_of_the_merge() -> None:
-    sick = ready(FLEET["h100-1"], status="False")
-    (offer,) = cluster_offers([FLEET["h100-0"], sick])
+def test_cordoned_node_drops_out_of_the_merge() -> None:
+    cordoned = copy.deepcopy(FLEET["h100-1"])
+    cordoned["spec"]["unschedulable"] = True
+    (offer,) = cluster_offers([FLEET["h100-0"], cordoned])
 
     assert (offer.nodes, offer.allocatable) == (("h100-0",), 8)

@@ -540,3 +540,26 @@ def test_same_input_looks_at_generation_spec_and_deletion_only() -> None:
 )
 def test_resource_paths(kind: str, namespace: str | None, name: str | None, path: str) -> None:
     assert KINDS[kind].path(namespace, name) == path
+
+
+def test_condition_gauge_keeps_only_current_conditions() -> None:
+    from slmpack.controller.metrics import OperatorMetrics
+
+    metrics = OperatorMetrics()
+    metrics.set_conditions("ns", "a", [("Ready", "False", "ReplicasNotReady")])
+    metrics.set_conditions("ns", "a", [("Ready", "True", "ReplicasReady")])
+    labels = {"namespace": "ns", "name": "a", "type": "Ready"}
+    now = metrics.registry.get_sample_value(
+        "slmpack_operator_condition", {**labels, "status": "True", "reason": "ReplicasReady"}
+    )
+    gone = metrics.registry.get_sample_value(
+        "slmpack_operator_condition", {**labels, "status": "False", "reason": "ReplicasNotReady"}
+    )
+    assert (now, gone) == (1.0, None)
+    metrics.forget("ns", "a")
+    assert (
+        metrics.registry.get_sample_value(
+            "slmpack_operator_condition", {**labels, "status": "True", "reason": "ReplicasReady"}
+        )
+        is None
+    )

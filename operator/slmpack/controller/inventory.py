@@ -55,11 +55,10 @@ def _int(value: Any, default: int = 0) -> int:
 
 
 def _is_usable(node: Mapping[str, Any]) -> bool:
-    if node.get("spec", {}).get("unschedulable"):
-        return False
-    conditions = node.get("status", {}).get("conditions") or []
-    ready = next((c for c in conditions if c.get("type") == "Ready"), None)
-    return ready is not None and ready.get("status") == "True"
+    """Cordoned nodes offer nothing. A NotReady node still does: readiness flaps with kubelet
+    heartbeats, and re-planning every SLMDeployment on each gap would churn the fleet; the
+    scheduler already keeps pods off nodes that are down."""
+    return not node.get("spec", {}).get("unschedulable")
 
 
 def _strip_shared(label: str) -> str:

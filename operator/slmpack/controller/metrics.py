@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -39,6 +40,13 @@ class OperatorMetrics:
             ["namespace", "name"],
             registry=self.registry,
         )
+        self.conditions = Gauge(
+            "slmpack_operator_condition",
+            "1 for each condition an SLMDeployment has now (type, status, reason).",
+            ["namespace", "name", "type", "status", "reason"],
+            registry=self.registry,
+        )
+        self._condition_series: dict[tuple[str, str], set[tuple[str, ...]]] = {}
         self.ready_replicas = Gauge(
             "slmpack_operator_ready_replicas",
             "vLLM replicas ready, by SLMDeployment.",
@@ -46,10 +54,25 @@ class OperatorMetrics:
             registry=self.registry,
         )
 
+    def set_conditions(
+        self, namespace: str, name: str, conditions: Iterable[tuple[str, str, str]]
+    ) -> None:
+        """One series per (type, status, reason) now true of an SLMDeployment; the series of
+        its previous conditions are removed, so alerts see only the current state."""
+        current: set[tuple[str, ...]] = {(namespace, name, *c) for c in conditions}
+        for labels in self._condition_series.pop((namespace, name), set()) - current:
+            with contextlib.suppress(KeyError):
+                self.conditions.remove(*labels)
+        for labels in current:
+            self.conditions.labels(*labels).set(1)
+        self._condition_series[(namespace, name)] = current
+
     def count_write(self, kind: str, verb: str) -> None:
         self.api_writes.labels(kind=kind, verb=verb).inc()
 
     def forget(self, namespace: str, name: str) -> None:
+        self.set_conditions(namespace, name, ())
+        self._condition_series.pop((namespace, name), None)
         for gauge in (self.planned_replicas, self.ready_replicas):
             with contextlib.suppress(KeyError):
                 gauge.remove(namespace, name)

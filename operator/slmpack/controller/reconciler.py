@@ -344,6 +344,15 @@ class Controller:
 
     async def _write_status(self, body: Mapping[str, Any], status: SLMDeploymentStatus) -> None:
         meta = body["metadata"]
+        # Exported on every pass, written or not, so a restarted operator reports them too.
+        self.metrics.set_conditions(
+            *_key(body),
+            [
+                (c.type, c.status, c.reason)
+                for c in status.conditions
+                if c.type in st.OWNED_CONDITIONS
+            ],
+        )
         wanted = status.as_dict()
         if _owned_status(body.get("status") or {}) == _owned_status(wanted):
             return
