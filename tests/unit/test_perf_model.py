@@ -24,6 +24,7 @@ from slmpack.planner.perf import (
     erlang_c_wait_probability,
     power_watts,
     predict,
+    price_step,
     queue_wait_quantile_s,
 )
 from slmpack.planner.types import EngineSettings, SharingMode, Workload
@@ -62,6 +63,39 @@ def test_engine_step_roofline_by_hand() -> None:
 def _step(cpu_s: float, gpu_s: float, util: float = 0.5) -> EngineStep:
     bandwidth = DEVICE.bandwidth_bytes_per_s
     return EngineStep(64, 0, util * gpu_s * bandwidth, 0.0, gpu_s, cpu_s)
+
+
+def test_price_step_by_hand_on_both_sides_of_the_roofline() -> None:
+    device = Device(bandwidth_bytes_per_s=1e12, flops_per_s=1e15, memory_bytes=0)
+    params = replace(
+        PARAMS,
+        bandwidth_efficiency=0.5,
+        attention_bandwidth_efficiency=0.25,
+        compute_efficiency=0.5,
+        gpu_step_overhead_s=1e-3,
+        cpu_step_base_s=2e-3,
+        cpu_per_seq_s=1e-5,
+        cpu_per_prefill_token_s=1e-6,
+    )
+    # Memory-bound: 1 GB of weights at half of 1 TB/s, 0.5 GB of KV at a quarter: 4 ms.
+    memory = price_step(device, params, 1e9, 5e8, 1e12, 10.0, 100.0)
+    assert memory.gpu_s == pytest.approx(4e-3 + 1e-3)
+    assert memory.cpu_s == pytest.approx(2e-3 + 10 * 1e-5 + 100 * 1e-6)
+    assert (memory.running_seqs, memory.prefill_tokens) == (10.0, 100.0)
+    assert (memory.bytes_moved, memory.flops) == (1.5e9, 1e12)
+    # Compute-bound: 5e12 FLOPs at half of 1 PFLOP/s take 10 ms, more than the 4 ms of reads.
+    compute = price_step(device, params, 1e9, 5e8, 5e12, 10.0, 100.0)
+    assert compute.gpu_s == pytest.approx(10e-3 + 1e-3)
+    assert compute.cpu_s == memory.cpu_s
+
+
+def test_engine_step_is_price_step_on_the_steady_state_batch() -> None:
+    step = engine_step(OPT, ENGINE, WORKLOAD, DEVICE, PARAMS, running_seqs=48)
+    weights = weight_bytes(OPT, "bf16")
+    priced = price_step(
+        DEVICE, PARAMS, weights, step.bytes_moved - weights, step.flops, 48, step.prefill_tokens
+    )
+    assert priced == step
 
 
 def test_one_engine_cycle_is_cpu_plus_gpu() -> None:

@@ -183,23 +183,51 @@ class _StepCosts:
         return cls(workload, device, params, *terms)
 
     def at(self, running_seqs: float) -> EngineStep:
-        workload, params, weights = self.workload, self.params, self.weights_bytes
+        workload = self.workload
         # Steady state: a sequence lives mean_output steps, so running/mean_output join per step.
         prefill = running_seqs * workload.mean_input_tokens / workload.mean_output_tokens
-        kv_read = running_seqs * self.kv_bytes_per_seq
-        bytes_moved = weights + kv_read
-        flops = running_seqs * self.decode_flops_per_token + prefill * self.prefill_flops_per_token
-        memory_s = (
-            weights / params.bandwidth_efficiency + kv_read / params.attention_bandwidth_efficiency
-        ) / self.device.bandwidth_bytes_per_s
-        compute_s = flops / (params.compute_efficiency * self.device.flops_per_s)
-        gpu_s = max(memory_s, compute_s) + params.gpu_step_overhead_s
-        cpu_s = (
-            params.cpu_step_base_s
-            + params.cpu_per_seq_s * running_seqs
-            + params.cpu_per_prefill_token_s * prefill
+        return price_step(
+            self.device,
+            self.params,
+            self.weights_bytes,
+            running_seqs * self.kv_bytes_per_seq,
+            running_seqs * self.decode_flops_per_token + prefill * self.prefill_flops_per_token,
+            running_seqs,
+            prefill,
         )
-        return EngineStep(running_seqs, prefill, bytes_moved, flops, gpu_s, cpu_s)
+
+
+def price_step(
+    device: Device,
+    params: PerfParams,
+    weights_bytes: float,
+    kv_read_bytes: float,
+    flops: float,
+    running_seqs: float,
+    prefill_tokens: float,
+) -> EngineStep:
+    """Cost of one step alone on `device`, from what it reads and computes.
+
+    The roofline of the module docstring: the weights at `bandwidth_efficiency`, the KV read by
+    attention (`kv_read_bytes`) at `attention_bandwidth_efficiency`, against `flops` at
+    `compute_efficiency`; then the CPU phase for `running_seqs` scheduled sequences and
+    `prefill_tokens` prompt tokens. `engine_step` feeds it a steady-state batch built from
+    workload means; the simulator feeds it the batch it actually scheduled.
+    """
+    memory_s = (
+        weights_bytes / params.bandwidth_efficiency
+        + kv_read_bytes / params.attention_bandwidth_efficiency
+    ) / device.bandwidth_bytes_per_s
+    compute_s = flops / (params.compute_efficiency * device.flops_per_s)
+    gpu_s = max(memory_s, compute_s) + params.gpu_step_overhead_s
+    cpu_s = (
+        params.cpu_step_base_s
+        + params.cpu_per_seq_s * running_seqs
+        + params.cpu_per_prefill_token_s * prefill_tokens
+    )
+    return EngineStep(
+        running_seqs, prefill_tokens, weights_bytes + kv_read_bytes, flops, gpu_s, cpu_s
+    )
 
 
 @lru_cache(maxsize=1024)

@@ -63,14 +63,17 @@ class DcgmSimConfig:
 class DcgmSim:
     """Readings, energy counters and the HTTP endpoint for the GPUs of one node."""
 
-    def __init__(self, config: DcgmSimConfig, params: PerfParams | None = None) -> None:
+    def __init__(
+        self, config: DcgmSimConfig, params: PerfParams | None = None, clock: SimClock | None = None
+    ) -> None:
+        """`clock` defaults to the wall clock at `config.speedup`; energy integrates over it."""
         if config.gpu_count < 1:
             raise SlmpackError("--sim-gpu-count must be at least 1")
         self.config = config
         self.params = params or default_perf_params()
         self.gpu = default_gpu_catalog().get(config.gpu)
         hostname = config.hostname or socket.gethostname()
-        self.clock = SimClock(config.speedup)
+        self.clock = clock or SimClock(config.speedup)
         self.states = [GpuState(config.state_dir, str(i)) for i in range(config.gpu_count)]
         self.identities = [
             GpuIdentity.simulated(self.gpu, hostname, i) for i in range(config.gpu_count)

@@ -8,7 +8,13 @@ cost a thousand wake-ups per step, not a thousand timers.
 If the host cannot keep up (too many engines or streams for its CPUs), steps run back to back
 and simulated time falls behind the wall clock; past `MAX_LAG_WALL_S` the engine skips ahead to
 the wall clock and counts the skipped time in `lag_skipped_s`, so the sim is then slower than
-the GPU it stands for, never faster.
+the GPU it stands for, never faster. The activity it publishes leaves skipped time out, so
+neighbours and dcgm-sim still see the GPU as busy as the steps make it.
+
+`EngineRunner.totals()` reports what the engine did in simulated time: the step durations it
+charged, the tokens they produced and the co-location stretch it applied. Rates over charged
+time depend only on the model, the batches and the neighbours, not on how fast the host runs,
+so fidelity checks measure with them rather than with the wall clock.
 """
 
 from __future__ import annotations
@@ -64,6 +70,7 @@ class _Window:
     gpu_phase_s: float = 0.0
     bytes_moved: float = 0.0
     flops: float = 0.0
+    skipped_s: float = 0.0
 
 
 class ActivityMeter:
@@ -85,11 +92,21 @@ class ActivityMeter:
         w.bytes_moved += bytes_moved
         w.flops += flops
 
+    def add_skip(self, skipped_s: float) -> None:
+        """Time the engine jumped over because the host fell behind.
+
+        It is left out of the averages: the engine had work all along, so the GPU it stands for
+        was as busy as in the steps around it. Counting the gap as idle would let a slow host
+        shrink the engine's duty, and with it the slowdown its neighbours see and the power
+        dcgm-sim reports.
+        """
+        self._open.skipped_s += skipped_s
+
     def roll(self, now_s: float, running: int = 0, waiting: int = 0) -> Activity:
         """Close the current window at `now_s` and return the average over the recent ones."""
         self._closed.append(self._open)
         self._open = _Window(now_s)
-        elapsed = now_s - self._closed[0].start_s
+        elapsed = now_s - self._closed[0].start_s - sum(w.skipped_s for w in self._closed)
         if elapsed <= 0:
             return Activity(running=running, waiting=waiting)
         solo_gpu = sum(w.solo_gpu_s for w in self._closed)
@@ -104,6 +121,24 @@ class ActivityMeter:
             running=running,
             waiting=waiting,
         )
+
+
+@dataclass(frozen=True)
+class EngineTotals:
+    """What one engine did since it started. Times are simulated seconds.
+
+    Tokens over `busy_s` is the engine's output rate while it runs, which is what the planner
+    predicts for a full batch; `busy_s / solo_busy_s` is the mean stretch its neighbours caused.
+    """
+
+    clock_s: float  # end of the last step, or the clock's reading when the engine woke up
+    busy_s: float  # step durations charged, co-location stretch included
+    solo_busy_s: float  # the same steps priced alone on the device
+    steps: int
+    scheduled_seqs: int  # summed over steps: scheduled_seqs / steps is the mean batch
+    generated_tokens: int
+    lag_skipped_s: float  # jumped over because the host fell behind (no step ran in it)
+    slowdown: float  # GPU-phase stretch applied to the last step (1 = no neighbour in the way)
 
 
 class EngineRunner:
@@ -123,8 +158,12 @@ class EngineRunner:
         self.time_s = clock.now()  # end of the last step, simulated
         self.meter = ActivityMeter(self.time_s)
         self.lag_skipped_s = 0.0
+        self.busy_s = 0.0
+        self.solo_busy_s = 0.0
         self.steps = 0
+        self.scheduled_seqs = 0
         self.generated_tokens = 0
+        self.last_slowdown = 1.0
         self._wake = asyncio.Event()
         self._neighbour_duties: tuple[float, ...] = ()
         self._slowdown = 1.0
@@ -185,6 +224,18 @@ class EngineRunner:
             self._neighbour_duties = duties
             self._slowdown_valid = False
 
+    def totals(self) -> EngineTotals:
+        return EngineTotals(
+            clock_s=self.time_s,
+            busy_s=self.busy_s,
+            solo_busy_s=self.solo_busy_s,
+            steps=self.steps,
+            scheduled_seqs=self.scheduled_seqs,
+            generated_tokens=self.generated_tokens,
+            lag_skipped_s=self.lag_skipped_s,
+            slowdown=self.last_slowdown,
+        )
+
     def activity(self) -> Activity:
         now = self.time_s if not self.scheduler.idle else max(self.time_s, self.clock.now())
         return self.meter.roll(now, len(self.scheduler.running), len(self.scheduler.waiting))
@@ -193,6 +244,8 @@ class EngineRunner:
 
     async def _run(self) -> None:
         scheduler, cost = self.scheduler, self.cost
+        # Requests submitted before the loop first ran must not be served in the past.
+        self.time_s = max(self.time_s, self.clock.now())
         while True:
             if scheduler.idle:
                 self._wake.clear()
@@ -204,6 +257,7 @@ class EngineRunner:
                 skipped = behind * self.clock.speedup
                 self.lag_skipped_s += skipped
                 self.time_s += skipped
+                self.meter.add_skip(skipped)
                 if self.lag_skipped_s == skipped:  # first time only: the counter tells the rest
                     logger.warning(
                         "Simulated engine fell %.1f s behind the wall clock; the host is too "
@@ -231,8 +285,12 @@ class EngineRunner:
             await asyncio.sleep(delay if delay > 0 else 0)
             self.time_s = end
             outcome = scheduler.complete(batch, end)
+            self.busy_s += cycle
+            self.solo_busy_s += solo_cycle
             self.steps += 1
+            self.scheduled_seqs += batch.scheduled_seqs
             self.generated_tokens += outcome.generated_tokens
+            self.last_slowdown = slowdown
             self.meter.add_step(
                 step.gpu_s, solo_cycle, step.gpu_s * slowdown, cycle, step.bytes_moved, step.flops
             )

@@ -1,17 +1,11 @@
 """Duration of one simulated engine step, from the planner's performance model.
 
 The planner's `engine_step` prices a steady-state step from workload means. The simulator knows
-the batch it actually scheduled, so it prices that batch with the same roofline and the same
-fitted constants:
-
-    gpu_s = max((weights / bandwidth_efficiency + kv_read / attention_bandwidth_efficiency)
-                    / bandwidth,
-                flops / (compute_efficiency * peak_flops)) + gpu_step_overhead_s
-    cpu_s = cpu_step_base_s + cpu_per_seq_s * scheduled + cpu_per_prefill_token_s * prefill
-
-where kv_read is the KV of every decoding sequence at the batch's mean context, and flops count
-one token per decoding sequence plus every prompt token admitted this step. On a steady-state
-batch this equals `engine_step` exactly (a unit test holds the two together).
+the batch it actually scheduled, so it hands that batch's parts to the same pricing function,
+`perf.price_step`, with the same fitted constants: the KV of every decoding sequence at the
+batch's mean context, and FLOPs for one token per decoding sequence plus every prompt token
+admitted this step (each at its chunk's midpoint). On a steady-state batch this equals
+`engine_step` exactly (a unit test holds the two together).
 
 Co-located engines stretch the GPU phase. `colocated_cycle` solves that for n identical engines;
 here the neighbours are real and differ, so each one counts for the share of our GPU duty it
@@ -27,7 +21,7 @@ from dataclasses import replace
 
 from slmpack.catalog.models import decode_flops_per_token, kv_bytes_for_sequence, weight_bytes
 from slmpack.catalog.types import ModelSpec
-from slmpack.planner.perf import Device, EngineStep, PerfParams, colocated_cycle
+from slmpack.planner.perf import Device, EngineStep, PerfParams, colocated_cycle, price_step
 from slmpack.planner.types import EngineSettings, SharingMode
 
 
@@ -48,10 +42,6 @@ class StepCostModel:
         self.params = params
         self.mode = mode
         self._weights_bytes = weight_bytes(model, engine.weight_dtype)
-        self._weights_s = (
-            self._weights_bytes / params.bandwidth_efficiency / device.bandwidth_bytes_per_s
-        )
-        self._compute_rate = params.compute_efficiency * device.flops_per_s
 
     def step(
         self,
@@ -65,7 +55,7 @@ class StepCostModel:
         decode_context_tokens: sum of the contexts the decoding sequences attend to.
         prefill_chunks: (first position, tokens) of each prompt chunk computed this step.
         """
-        model, params = self.model, self.params
+        model = self.model
         kv_read = 0
         flops = 0.0
         if decode_seqs:
@@ -77,23 +67,14 @@ class StepCostModel:
             prefill += tokens
             # Each prompt token attends to the positions before it: the chunk's midpoint on average.
             flops += tokens * decode_flops_per_token(model, start + tokens // 2)
-        memory_s = self._weights_s + (
-            kv_read / params.attention_bandwidth_efficiency / self.device.bandwidth_bytes_per_s
-        )
-        compute_s = flops / self._compute_rate
-        gpu_s = max(memory_s, compute_s) + params.gpu_step_overhead_s
-        cpu_s = (
-            params.cpu_step_base_s
-            + params.cpu_per_seq_s * scheduled_seqs
-            + params.cpu_per_prefill_token_s * prefill
-        )
-        return EngineStep(
+        return price_step(
+            self.device,
+            self.params,
+            self._weights_bytes,
+            kv_read,
+            flops,
             float(scheduled_seqs),
             float(prefill),
-            self._weights_bytes + kv_read,
-            flops,
-            gpu_s,
-            cpu_s,
         )
 
     def cycle_s(self, step: EngineStep, slowdown: float = 1.0) -> float:
