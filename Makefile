@@ -45,12 +45,16 @@ tools: ## Build (or reuse) the pinned control-plane binaries into $(SLMPACK_CACH
 vllm-cpu: ## Build (or reuse) the vLLM CPU venv and tiny model that tests/e2e serve
 	PYTHON=$(PYTHON) bash hack/build-vllm-cpu.sh
 
+.PHONY: prometheus
+prometheus: ## Fetch (or reuse) the pinned Prometheus into $(SLMPACK_CACHE)/prometheus-<version>
+	bash hack/fetch-prometheus.sh
+
 .PHONY: unit
 unit: venv ## Unit tests only (no cluster)
 	$(VPY) -m pytest tests/unit -q
 
 .PHONY: test
-test: venv lint typecheck tools vllm-cpu ## Everything CI runs: lint, types, unit, cluster, e2e
+test: venv lint typecheck tools vllm-cpu prometheus ## Everything CI runs: lint, types, unit, cluster, e2e
 	$(VPY) -m pytest -q
 
 .PHONY: operator

@@ -39,12 +39,18 @@ KWOK_ANNOTATION = "kwok.x-k8s.io/node"
 KWOK_ANNOTATION_VALUE = "fake"
 #: Label naming the fleet pool a simulated node came from.
 POOL_LABEL = "slmpack.io/node-pool"
+#: Label naming what plays the kubelet of a simulated node (see `Kubelet`).
+KUBELET_LABEL = "slmpack.io/kubelet"
 #: Driver reported on every simulated GPU node (GFD labels `nvidia.com/cuda.driver.*`).
 CUDA_DRIVER_VERSION = (570, 133, 20)
 CUDA_RUNTIME_VERSION = (12, 8)
 
 SharingStrategy = Literal["none", "time-slicing", "mps"]
 MigStrategy = Literal["none", "single", "mixed"]
+#: What plays a node's kubelet: kwok (pods only look Running) or `slmpack.devcluster.runner`
+#: (pods run as local processes). A runner node lacks kwok's annotation, so kwok leaves the
+#: node and its pods alone.
+Kubelet = Literal["kwok", "runner"]
 
 
 @dataclass(frozen=True)
@@ -181,6 +187,7 @@ class NodePool(BaseModel):
     max_pods: int = Field(default=110, ge=1)
     instance_type: str | None = None
     labels: dict[str, str] = Field(default_factory=dict)
+    kubelet: Kubelet = "kwok"
 
     @model_validator(mode="after")
     def _consistent(self) -> NodePool:
@@ -419,8 +426,9 @@ def build_node(pool: NodePool, index: int) -> dict[str, Any]:
         "kubernetes.io/os": "linux",
         "kubernetes.io/arch": "amd64",
         "node.kubernetes.io/instance-type": pool.instance_type or f"sim-{pool.name}",
-        "type": "kwok",
+        "type": pool.kubelet,
         POOL_LABEL: pool.name,
+        KUBELET_LABEL: pool.kubelet,
     }
     resources: dict[str, int] = {}
     taints: list[dict[str, str]] = []
@@ -437,15 +445,14 @@ def build_node(pool: NodePool, index: int) -> dict[str, Any]:
         "ephemeral-storage": "1Ti",
     }
     quantities.update({resource: str(count) for resource, count in sorted(resources.items())})
+    metadata: dict[str, Any] = {"name": name, "labels": labels}
+    if pool.kubelet == "kwok":
+        # kwok manages only nodes carrying this annotation (see launcher).
+        metadata["annotations"] = {KWOK_ANNOTATION: KWOK_ANNOTATION_VALUE}
     node: dict[str, Any] = {
         "apiVersion": "v1",
         "kind": "Node",
-        "metadata": {
-            "name": name,
-            "labels": labels,
-            # kwok manages only nodes carrying this annotation (see launcher).
-            "annotations": {KWOK_ANNOTATION: KWOK_ANNOTATION_VALUE},
-        },
+        "metadata": metadata,
         "spec": {"taints": taints} if taints else {},
         # A kubelet reports this on registration; the apiserver keeps it on create.
         "status": {"capacity": dict(quantities), "allocatable": dict(quantities)},

@@ -50,6 +50,11 @@ DEFAULT_READY_TIMEOUT_SECONDS = 90.0
 DEFAULT_STOP_GRACE_SECONDS = 10.0
 #: Lines of each component log quoted in an error.
 LOG_TAIL_LINES = 25
+#: A process started beside the cluster (the runner, Prometheus) records itself in
+#: `<state dir>/<its folder>/addon.json`, so that `down` stops it before the control plane.
+ADDON_FILE = "addon.json"
+#: Add-ons get longer than components: the runner first stops the processes of its pods.
+ADDON_STOP_GRACE_SECONDS = 45.0
 
 Reporter = Callable[[str], None]
 
@@ -363,6 +368,39 @@ def log_tails(layout: Layout, lines: int = LOG_TAIL_LINES) -> str:
     return "\n".join(parts) if parts else f"(no component logs under {layout.root / 'logs'})"
 
 
+def write_addon(path: Path, ref: processes.ProcessRef) -> None:
+    """Record a process started beside a cluster (see ADDON_FILE)."""
+    record = {
+        "component": ref.component,
+        "pid": ref.pid,
+        "binary": str(ref.binary),
+        "state_dir": str(ref.state_dir),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, indent=2))
+    tmp.replace(path)
+
+
+def addon_refs(root: Path) -> list[processes.ProcessRef]:
+    """The add-on processes recorded under a cluster's state directory."""
+    refs: list[processes.ProcessRef] = []
+    for path in sorted(root.glob(f"*/{ADDON_FILE}")):
+        try:
+            raw = json.loads(path.read_text())
+            refs.append(
+                processes.ProcessRef(
+                    str(raw["component"]),
+                    int(raw["pid"]),
+                    Path(raw["binary"]),
+                    Path(raw["state_dir"]),
+                )
+            )
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return refs
+
+
 def _read_state(layout: Layout) -> ClusterState | None:
     if not layout.state_file.exists():
         return None
@@ -616,6 +654,9 @@ def down(
     for c in current.components:
         if c.pid is not None and not c.running:
             report(f"{c.name}: {c.detail}; not signalling pid {c.pid}")
+    addons = addon_refs(current.state_dir)
+    for component, outcome in processes.stop(addons, ADDON_STOP_GRACE_SECONDS).items():
+        report(f"{component}: {outcome}")
     # Everything that talks to the apiserver goes first, together; then the apiserver; then
     # etcd, which the apiserver needs in order to shut down promptly.
     groups = (("kwok", "kube-scheduler", "kube-controller-manager"), ("kube-apiserver",), ("etcd",))
