@@ -41,6 +41,12 @@ def _mount_subcommands() -> None:
         add_help_option=False,
         help="Serve dcgm-exporter metrics for the simulated GPUs.",
     )(_dcgm_sim_command)
+    app.command(
+        name="load",
+        context_settings=passthrough,
+        add_help_option=False,
+        help="Drive open-loop OpenAI load and report throughput, latency and goodput.",
+    )(_load_command)
     app.add_typer(dev_cluster_app, name="dev-cluster")
 
 
@@ -60,6 +66,12 @@ def _dcgm_sim_command(ctx: typer.Context) -> None:
     from slmpack.sim.dcgm import dcgm_sim_main
 
     raise typer.Exit(dcgm_sim_main(ctx.args))
+
+
+def _load_command(ctx: typer.Context) -> None:
+    from slmpack.loadgen.cli import load_main
+
+    raise typer.Exit(load_main(ctx.args))
 
 
 _mount_subcommands()
