@@ -257,6 +257,70 @@ def test_a_tiny_demand_still_gets_a_replica(solve: Solver, tiny: float) -> None:
     assert result.gpus_used == 2
 
 
+def test_target_search_finds_the_packing_the_greedy_misses() -> None:
+    # Optimum: two GPUs of m2 (2 x 0.5 share) and two of m0 + 2 x m1 (0.4 + 0.3 + 0.3). The
+    # greedy fills GPUs with the densest content first and ends on 5; searching for 4 GPUs from
+    # scratch finds them. The compute bound is 4 too: 0.8 + 1.2 + 2.0 GPUs of compute share.
+    options = [
+        opt("m0", "h100", 20, 0.4, 400.0),
+        opt("m1", "h100", 10, 0.3, 200.0),
+        opt("m1", "h100", 20, 0.2, 100.0),
+        opt("m2", "h100", 20, 0.5, 250.0),
+        opt("m2", "h100", 30, 1.0, 300.0),
+    ]
+    prob = problem([whole("h100", 6)], options, {"m0": 800.0, "m1": 800.0, "m2": 1000.0})
+    result = pack_heuristic(prob)
+    check_placement(prob, result)
+    assert result.feasible
+    assert result.gpus_used == 4
+    assert result.gpus_lower_bound == 4
+
+
+def test_target_search_serves_a_tight_mig_fleet() -> None:
+    # Three MIG GPUs serve everything only as 7g(m2) | 3g(m2) + 4 x 1g(m0) | 3g(m2) + 4 x 1g(m1);
+    # the greedy left m1 short. With demand unmet, the search targets the whole fleet.
+    layouts = (A100_LAYOUTS[0], A100_LAYOUTS[1], A100_LAYOUTS[2])
+    pool = GpuPool("mig", "mig-product", 3, 80 * GB, 50.0, layouts)
+    options = [
+        opt("m0", "mig", 5, 1.0, 60.0, 10.0, "1g.10gb"),
+        opt("m0", "mig", 5, 1.0, 350.0, 70.0, "7g.80gb"),
+        opt("m1", "mig", 5, 1.0, 50.0, 10.0, "1g.10gb"),
+        opt("m1", "mig", 5, 1.0, 190.0, 30.0, "3g.40gb"),
+        opt("m1", "mig", 5, 1.0, 290.0, 70.0, "7g.80gb"),
+        opt("m2", "mig", 5, 1.0, 135.0, 30.0, "3g.40gb"),
+        opt("m2", "mig", 5, 1.0, 400.0, 70.0, "7g.80gb"),
+    ]
+    prob = problem([pool], options, {"m0": 200.0, "m1": 200.0, "m2": 600.0})
+    result = pack_heuristic(prob)
+    check_placement(prob, result)
+    assert result.unmet == {}
+    assert result.gpus_used == 3
+
+
+def test_lower_bound_counts_memory_as_well_as_compute() -> None:
+    # 3 replicas of 50 GB: compute needs 0.3 GPU, memory 1.9 GPUs (bound 2), packing needs 3.
+    prob = problem([whole("h100", 4)], [opt("a", "h100", 50, 0.1, 100.0)], {"a": 300.0})
+    result = pack_heuristic(prob)
+    assert result.gpus_lower_bound == 2
+    assert result.gpus_used == 3
+
+
+def test_many_tiny_options_skip_the_target_search() -> None:
+    # Hundreds of thousands of maximal GPU contents: enumeration gives up, the greedy's
+    # placement stands.
+    options = [opt(f"m{i}", "h100", 1 + i % 3, 0.02 + 0.005 * i, 20.0 + i) for i in range(8)]
+    prob = problem([whole("h100", 40)], options, {f"m{i}": 400.0 for i in range(8)})
+    result = pack_heuristic(prob)
+    check_placement(prob, result)
+    assert result.feasible
+
+
+def test_milp_reuses_a_given_heuristic_placement() -> None:
+    prob = problem([whole("h100", 4)], [opt("a", "h100", 30, 0.2, 100.0)], {"a": 300.0})
+    bound = pack_heuristic(prob)
+    assert pack_milp(prob, heuristic=bound) == pack_milp(prob)
+
+
 def test_milp_reports_proven_optimum() -> None:
     prob = problem([whole("h100", 4)], [opt("a", "h100", 30, 0.2, 100.0)], {"a": 300.0})
     result = pack_milp(prob)
@@ -384,6 +448,10 @@ def test_milp_is_never_worse_than_the_heuristic(prob: PackingProblem) -> None:
     if exact.optimal and heuristic.feasible:
         assert exact.gpus_used <= heuristic.gpus_used
         assert exact.gpus_lower_bound == exact.gpus_used
+    if exact.feasible:
+        # The heuristic's capacity bound holds for every placement, the optimum included.
+        assert heuristic.gpus_lower_bound is not None
+        assert heuristic.gpus_lower_bound <= exact.gpus_used
 
 
 @settings(

@@ -1,7 +1,13 @@
 from slmpack.catalog.gpus import default_gpu_catalog
 from slmpack.catalog.models import default_model_catalog
 from slmpack.planner.binpack import pack_heuristic
-from slmpack.planner.fleet import FleetModel, FleetPool, build_problem, replica_options
+from slmpack.planner.fleet import (
+    FleetModel,
+    FleetPool,
+    build_fleet_problem,
+    build_problem,
+    replica_options,
+)
 from slmpack.planner.memory import usable_bytes
 from slmpack.planner.types import Slo
 
@@ -46,3 +52,34 @@ def test_fleet_demand_is_met_with_few_gpus() -> None:
     result = pack_heuristic(build_problem(models, pools))
     assert result.unmet == {}
     assert 1 <= result.gpus_used <= 3
+
+
+def test_every_option_keeps_the_engine_it_stands_for() -> None:
+    pools = [
+        FleetPool("h100", GPUS.get("NVIDIA-H100-80GB-HBM3"), 2),
+        FleetPool("a100", GPUS.get("NVIDIA-A100-SXM4-40GB"), 2, mig=True),
+    ]
+    fleet = build_fleet_problem([FleetModel(MODELS.get("opt-1.3b"), 10_000)], pools)
+    assert len(fleet.sources) == len(fleet.problem.options)
+    assert fleet.problem == build_problem([FleetModel(MODELS.get("opt-1.3b"), 10_000)], pools)
+    for option, source in zip(fleet.problem.options, fleet.sources, strict=True):
+        c = source.candidate
+        assert c.mig_profile == option.mig_profile
+        # The flags size the engine to what the packer reserved, not to the candidate's 1/n.
+        assert c.memory.total_bytes == option.memory_bytes
+        args = source.launch().args
+        assert args[args.index("--max-num-seqs") + 1] == str(c.engine.max_num_seqs)
+        share = float(args[args.index("--gpu-memory-utilization") + 1])
+        assert share <= option.memory_bytes / source.device_memory_bytes
+        if option.mig_profile:
+            gpu = GPUS.get("NVIDIA-A100-SXM4-40GB")
+            assert source.device_memory_bytes == gpu.mig_profile(option.mig_profile).memory_bytes
+        else:
+            assert source.device_memory_bytes == GPUS.get("NVIDIA-H100-80GB-HBM3").memory_bytes
+
+
+def test_gpus_fill_nodes_in_order() -> None:
+    pool = FleetPool("h100", GPUS.get("NVIDIA-H100-80GB-HBM3"), 16)
+    assert [pool.node_of(i) for i in (0, 7, 8, 15)] == ["h100-0", "h100-0", "h100-1", "h100-1"]
+    single = FleetPool("l4", GPUS.get("NVIDIA-L4"), 3, gpus_per_node=1)
+    assert single.node_of(2) == "l4-2"

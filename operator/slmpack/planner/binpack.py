@@ -32,6 +32,9 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
+import numpy.typing as npt
+
 from slmpack.errors import InvalidSpecError
 
 #: Σ compute_share may exceed 1 by this much: shares such as 0.1 summed ten times are 1 ± 1 ulp.
@@ -125,7 +128,8 @@ class PackingResult:
     message: str
     # (pool, gpu_index) -> the MIG layout that GPU runs; only used MIG GPUs appear.
     mig_layouts: dict[tuple[str, int], tuple[str, ...]] = field(default_factory=dict)
-    # MILP only: a proven lower bound on the GPU count (equals gpus_used when optimal).
+    # A proven lower bound on the GPU count: the MILP's (equals gpus_used when optimal), or the
+    # heuristic's capacity bound (see _Packer._lower_bound).
     gpus_lower_bound: int | None = None
 
     @property
@@ -362,6 +366,18 @@ def build_result(
 #    random subset, or those that keep an unmet or misplaced model out; refill the free room,
 #    open GPUs for the rest) and every pair of the least-filled GPUs is tried for a merge.
 #    The best placement by (unmet demand, GPUs, power) wins.
+# 4. Small fleets, after step 2 and again after step 3 (whose walk also cuts the power of what
+#    it finds): a target search tries one GPU fewer than the best placement, from scratch (with
+#    demand unmet: the whole fleet). The GPU count per pool is fixed (one GPU less in one pool;
+#    a GPU may move to a pool with free GPUs) and every GPU holds one of its pool's maximal
+#    contents (patterns, enumerated once). A tabu search changes one GPU's pattern per step,
+#    minimising unmet demand weighted per model; when no step helps, the models left unmet gain
+#    weight (a breakout), so the search trades one model's supply for another's to leave local
+#    optima. A few seeded restarts per target; each success lowers the target; it stops when
+#    every pool fails or at the lower bound (the models' demand over their best tokens/s per
+#    unit of compute share, or of memory). It starts from empty GPUs on purpose: the greedy's
+#    placement sits in a basin that one-GPU moves rarely leave (tight fleets whose optimum
+#    mixes models on every GPU).
 # ---------------------------------------------------------------------------------------------
 
 #: Seeds per pattern search (each seed is one option placed first, then a greedy fill), on
@@ -399,11 +415,121 @@ MAX_CONSOLIDATION_FAILURES = 8
 #: Relative noise on pattern values in every other recreate round, to leave plateaus.
 IMPROVEMENT_NOISE_RATIO = 0.2
 _IMPROVEMENT_SEED = 20240611  # fixed: same problem, same placement
+#: Target search: tabu steps per attempt (plus one per GPU, to fill the empty GPUs first), the
+#: tabu tenure in steps, the weight an unmet model gains (in units of its starting weight) each
+#: time no step helps, and attempts (seeded restarts) per GPU count. Tuned on bench/packing.py's
+#: small fleets: more steps per attempt found nothing more there, a restart did (an attempt
+#: takes 10-30 ms on them).
+TARGET_SEARCH_STEPS = 300
+TARGET_SEARCH_TABU_TENURE = 3
+TARGET_SEARCH_WEIGHT_STEP = 1.0
+TARGET_SEARCH_ATTEMPTS = 3
+#: Pattern enumeration gives up (and the target search is skipped) past this many depth-first
+#: nodes per pool, about 0.1 s: many small options make the maximal contents of a GPU explode.
+#: bench/packing.py's small fleets need at most 1,400 in all.
+MAX_PATTERN_NODES = 20_000
+#: A step evaluates GPUs × patterns × models numbers; GPU counts whose attempts would exceed
+#: this many in all are not searched (numpy handles about 10^8 a second here).
+TARGET_SEARCH_WORK_BUDGET = 40_000_000
 
 
 _Cost = tuple[float, int, int, float]
 # Quota split setting: capacity ratio per pool (None: no quotas) and the rate table it uses.
 _QuotaSetting = tuple[list[float] | None, list[dict[str, float]]]
+
+
+@dataclass(frozen=True)
+class _PatternTable:
+    """Maximal contents of one GPU for every pool, as rows of a supply matrix."""
+
+    models: tuple[str, ...]  # the supply matrix's columns
+    counts: tuple[tuple[tuple[int, int], ...], ...]  # per pattern: (option, replicas)
+    layouts: tuple[tuple[str, ...] | None, ...]  # per pattern: its MIG layout
+    pool_of: npt.NDArray[np.int64]  # per pattern
+    supply: npt.NDArray[np.float64]  # patterns × models, tokens/s
+
+
+class _PatternEnumerator:
+    """Depth-first enumeration of the maximal contents of one GPU of a pool: contents to which
+    no replica can be added, except of models whose whole demand the GPU already serves.
+
+    Options are added in index order (a content is a multiset), so a content that still has
+    room for an option earlier in the order is skipped: its extension is enumerated anyway.
+    """
+
+    def __init__(self, packer: _Packer, p: int, max_patterns: int) -> None:
+        self.packer = packer
+        self.max_patterns = max_patterns
+        self.pool = packer.pools[p]
+        self.options = sorted(packer.ix.pool_options[p])
+        self.nodes = 0
+        self.found: dict[tuple[tuple[int, int], ...], tuple[str, ...] | None] = {}
+        self.picked: list[int] = []
+        self.supply: dict[str, float] = dict.fromkeys(packer.demand, 0.0)
+        self.mem_free_bytes = 0
+        self.compute_free = 0.0
+        self.slots: Counter[str] = Counter()
+        self.layout: tuple[str, ...] | None = None
+
+    def run(self) -> dict[tuple[tuple[int, int], ...], tuple[str, ...] | None] | None:
+        """content -> its MIG layout (the first that holds it); None past the node budget or
+        `max_patterns`."""
+        layouts: list[tuple[str, ...] | None] = (
+            list(self.pool.mig_layouts) if self.pool.is_mig else [None]
+        )
+        for layout in layouts:
+            self.layout = layout
+            self.slots = Counter(layout or ())
+            self.mem_free_bytes = self.pool.memory_bytes
+            self.compute_free = 1.0
+            if not self._visit(0):
+                return None
+        return self.found
+
+    def _wanted(self, o: int) -> bool:
+        m = self.packer.model_of[o]
+        return self.supply[m] < self.packer.demand[m] - self.packer.tol[m]
+
+    def _fits(self, o: int) -> bool:
+        packer = self.packer
+        if self.layout is not None:
+            return self.slots[packer.profile_of[o]] > 0
+        return (
+            packer.mem_of[o] <= self.mem_free_bytes
+            and packer.share_of[o] <= self.compute_free + COMPUTE_SHARE_TOLERANCE
+        )
+
+    def _take(self, o: int, n: int) -> None:
+        packer = self.packer
+        self.supply[packer.model_of[o]] += n * packer.tokens_of[o]
+        if self.layout is not None:
+            self.slots[packer.profile_of[o]] -= n
+        else:
+            self.mem_free_bytes -= n * packer.mem_of[o]
+            self.compute_free -= n * packer.share_of[o]
+
+    def _visit(self, start: int) -> bool:
+        self.nodes += 1
+        if self.nodes > MAX_PATTERN_NODES or len(self.found) > self.max_patterns:
+            return False
+        grew = False
+        for j in range(start, len(self.options)):
+            o = self.options[j]
+            if not (self._wanted(o) and self._fits(o)):
+                continue
+            grew = True
+            self._take(o, 1)
+            self.picked.append(o)
+            ok = self._visit(j)
+            self.picked.pop()
+            self._take(o, -1)
+            if not ok:
+                return False
+        if not grew and not any(self._wanted(o) and self._fits(o) for o in self.options[:start]):
+            content = tuple(sorted(Counter(self.picked).items()))
+            if content:
+                self.found.setdefault(content, self.layout)
+        return True
 
 
 @dataclass
@@ -547,6 +673,42 @@ class _Packer:
         # Seeded noise on pattern choice, only during ruin and recreate.
         self.rng = random.Random(_IMPROVEMENT_SEED)
         self.noise = 0.0
+        self.lower_bound = self._lower_bound()
+        # Target search state: the patterns (built on first use), GPU counts per pool it could
+        # not serve the demand with, and its own seeded random stream.
+        self.table: _PatternTable | None = None
+        self.table_built = False
+        self.failed_targets: set[tuple[int, ...]] = set()
+        self.search_rng = random.Random(_IMPROVEMENT_SEED)
+
+    def _lower_bound(self) -> int:
+        """GPUs no placement can do with: a GPU offers one unit of compute share and one of
+        memory, and each model needs at least its demand over its best tokens/s per unit of
+        either (on any pool with GPUs). MIG instances count their share of the slices."""
+        per_share: dict[str, float] = {}
+        per_memory: dict[str, float] = {}
+        for p, eligible in enumerate(self.ix.pool_options):
+            pool = self.pools[p]
+            if pool.count == 0:
+                continue
+            # Fallback slot ratios (unparsable profile names) may sum above 1 in a layout.
+            ratios = _mig_slot_ratios(pool)
+            scale = max([1.0] + [sum(ratios[q] for q in lay) for lay in pool.mig_layouts])
+            for o in eligible:
+                m, tokens = self.model_of[o], self.tokens_of[o]
+                if pool.is_mig:
+                    share = memory = self.ix.size_ratio[(o, p)] / scale
+                else:
+                    share = self.share_of[o]
+                    memory = self.mem_of[o] / pool.memory_bytes
+                per_share[m] = max(per_share.get(m, 0.0), tokens / share)
+                per_memory[m] = max(
+                    per_memory.get(m, 0.0), tokens / memory if memory > 0 else math.inf
+                )
+        need_share = sum(d / per_share[m] for m, d in self.demand.items() if m in per_share)
+        need_memory = sum(d / per_memory[m] for m, d in self.demand.items() if m in per_memory)
+        bound = max(math.ceil(need_share - 1e-9), math.ceil(need_memory - 1e-9))
+        return max(bound, 1 if self.demand else 0)
 
     def _order_key(self, o: int, p: int) -> tuple[float, float, int]:
         size = self.ix.size_ratio[(o, p)]
@@ -1069,6 +1231,181 @@ class _Packer:
                     break
                 self.gpus = before
 
+    # -- target search ------------------------------------------------------------------------
+
+    def squeeze(self) -> None:
+        """Target search (see the module notes): keeps any placement that beats the current one.
+
+        With demand unmet, the first target is the whole fleet.
+        """
+        if not self.thorough or not self._can_improve():
+            return
+        if not self.table_built:
+            self.table, self.table_built = self._pattern_table(), True
+        table = self.table
+        if table is None:
+            return
+        best_cost = self.cost()
+        while self._can_improve():
+            for target in self._targets():
+                found = self._cover(table, target)
+                if found is None:
+                    continue
+                before = self.gpus
+                self.gpus = found
+                self.trim()
+                self.consolidate()
+                self.trim()
+                cost = self.cost()
+                if cost < best_cost:
+                    best_cost = cost
+                    break
+                self.gpus = before
+            else:
+                return
+
+    def _can_improve(self) -> bool:
+        return len(self.gpus) > self.lower_bound or bool(self._unmet_models())
+
+    def _targets(self) -> list[tuple[int, ...]]:
+        """GPU counts per pool to try next: the whole fleet while demand is unmet, else one GPU
+        fewer than now in one pool. Counts that failed once are left out: the search is seeded
+        and would fail the same way."""
+        if self._unmet_models():
+            targets = [tuple(pool.count for pool in self.pools)]
+        else:
+            mix = [0] * len(self.pools)
+            for gpu in self.gpus:
+                mix[gpu.pool] += 1
+            targets = [
+                tuple(n - (q == p) for q, n in enumerate(mix)) for p in self._drop_order(mix)
+            ]
+        return [t for t in targets if t not in self.failed_targets]
+
+    def _drop_order(self, mix: Sequence[int]) -> list[int]:
+        """Pools to take a GPU from, those whose GPUs serve least (GPU equivalents) first."""
+        served = [0.0] * len(self.pools)
+        for gpu in self.gpus:
+            served[gpu.pool] += self._served_ratio(gpu)
+        return sorted(
+            (p for p, n in enumerate(mix) if n > 0), key=lambda p: (served[p] / mix[p], p)
+        )
+
+    def _pattern_table(self) -> _PatternTable | None:
+        """Every pool's patterns; None when they are too many for the search's work budget
+        with the GPUs used now."""
+        models = tuple(sorted(self.demand))
+        steps = TARGET_SEARCH_STEPS + len(self.gpus)
+        limit = TARGET_SEARCH_WORK_BUDGET // (
+            max(len(self.gpus), 1) * len(models) * steps * TARGET_SEARCH_ATTEMPTS
+        )
+        column = {m: i for i, m in enumerate(models)}
+        counts: list[tuple[tuple[int, int], ...]] = []
+        layouts: list[tuple[str, ...] | None] = []
+        pool_of: list[int] = []
+        rows: list[list[float]] = []
+        for p, pool in enumerate(self.pools):
+            if pool.count == 0 or not self.order[p]:
+                continue
+            found = _PatternEnumerator(self, p, limit - len(counts)).run()
+            if found is None:
+                return None
+            for content, layout in found.items():
+                row = [0.0] * len(models)
+                for o, n in content:
+                    row[column[self.model_of[o]]] += n * self.tokens_of[o]
+                counts.append(content)
+                layouts.append(layout)
+                pool_of.append(p)
+                rows.append(row)
+        if not rows:
+            return None
+        return _PatternTable(
+            models,
+            tuple(counts),
+            tuple(layouts),
+            np.array(pool_of, dtype=np.int64),
+            np.array(rows, dtype=np.float64),
+        )
+
+    def _cover(self, table: _PatternTable, target: tuple[int, ...]) -> list[_Gpu] | None:
+        """GPUs, `target[p]` per pool, whose patterns serve every demand; None when no attempt
+        finds them (or the attempts would exceed the work budget)."""
+        count = sum(target)
+        steps = TARGET_SEARCH_STEPS + count
+        work = count * len(table.counts) * len(table.models) * steps * TARGET_SEARCH_ATTEMPTS
+        if work > TARGET_SEARCH_WORK_BUDGET:
+            return None
+        for _ in range(TARGET_SEARCH_ATTEMPTS):
+            found = self._tabu(table, target, steps)
+            if found is not None:
+                return found
+        self.failed_targets.add(target)
+        return None
+
+    def _tabu(self, table: _PatternTable, target: tuple[int, ...], steps: int) -> list[_Gpu] | None:
+        """One attempt from empty GPUs. A step gives one GPU the pattern (of its pool, or of a
+        pool with free GPUs) that most lowers the weighted unmet demand, near-ties broken at
+        random; that GPU is then tabu for a few steps. Weights start at 1 / (best tokens/s per
+        GPU), i.e. unmet demand in GPU equivalents."""
+        count = sum(target)
+        rng = self.search_rng
+        gpu_pool = np.array([p for p, n in enumerate(target) for _ in range(n)], dtype=np.int64)
+        demand = np.array([self.demand[m] for m in table.models])
+        tol = demand * DEMAND_TOLERANCE_RATIO
+        base = np.array([1.0 / self.best[m] for m in table.models])
+        weight = base.copy()
+        free = np.array([pool.count for pool in self.pools]) - np.bincount(
+            gpu_pool, minlength=len(self.pools)
+        )
+        content = np.zeros((count, len(table.models)))
+        chosen = [-1] * count
+        supply = np.zeros(len(table.models))
+        tabu_until = np.zeros(count, dtype=np.int64)
+        patterns = table.supply
+        for step in range(steps):
+            short = demand - supply
+            if bool(np.all(short <= tol)):
+                return self._gpus_of(table, gpu_pool, chosen)
+            # Per GPU: the demand the others leave, the weighted part of it the GPU serves
+            # now, and what each pattern would serve instead.
+            left = np.maximum(short[None, :] + content, 0.0)
+            now = np.minimum(content, left) @ weight
+            then = np.minimum(patterns[None, :, :], left[:, None, :]) @ weight
+            allowed = (table.pool_of[None, :] == gpu_pool[:, None]) | (free[table.pool_of] > 0)
+            allowed &= (tabu_until <= step)[:, None]
+            gain = np.where(allowed, then - now[:, None], -np.inf)
+            top = float(gain.max())
+            if top == -np.inf:
+                continue
+            ties = np.flatnonzero(gain >= top - 1e-9 * max(1.0, abs(top)))
+            g, j = divmod(int(ties[rng.randrange(len(ties))]), len(table.counts))
+            new_pool = int(table.pool_of[j])
+            free[gpu_pool[g]] += 1
+            free[new_pool] -= 1
+            gpu_pool[g] = new_pool
+            supply += patterns[j] - content[g]
+            content[g] = patterns[j]
+            chosen[g] = j
+            tabu_until[g] = step + 1 + TARGET_SEARCH_TABU_TENURE + rng.randrange(3)
+            if top <= 1e-12:
+                weight += TARGET_SEARCH_WEIGHT_STEP * base * (demand - supply > tol)
+        return None
+
+    def _gpus_of(
+        self, table: _PatternTable, gpu_pool: npt.NDArray[np.int64], chosen: Sequence[int]
+    ) -> list[_Gpu]:
+        gpus: list[_Gpu] = []
+        for p, j in zip(gpu_pool.tolist(), chosen, strict=True):
+            if j < 0:
+                continue
+            pool = self.pools[p]
+            gpu = _Gpu(p, {}, pool.memory_bytes, 1.0, table.layouts[j], {})
+            for o, n in table.counts[j]:
+                self._add(gpu, o, n)
+            gpus.append(gpu)
+        return gpus
+
     def _unmet_models(self) -> set[str]:
         return {m for m, v in self.remaining().items() if v > self.tol[m]}
 
@@ -1309,17 +1646,30 @@ def pack_heuristic(problem: PackingProblem) -> PackingResult:
     ix = index_problem(problem)
     packer = _Packer(ix)
     packer.construct()
+    packer.squeeze()
     packer.improve()
+    packer.squeeze()
     packer.consolidate()
     packer.trim()
-    return build_result(ix, packer.assigned(), solver="heuristic", optimal=False)
+    return build_result(
+        ix,
+        packer.assigned(),
+        solver="heuristic",
+        optimal=False,
+        gpus_lower_bound=packer.lower_bound,
+    )
 
 
-def pack_milp(problem: PackingProblem, time_limit_s: float = 60.0) -> PackingResult:
+def pack_milp(
+    problem: PackingProblem,
+    time_limit_s: float = 60.0,
+    heuristic: PackingResult | None = None,
+) -> PackingResult:
     """Exact reference (scipy.optimize.milp / HiGHS); for small instances only.
 
+    `heuristic`: `pack_heuristic(problem)` when the caller has it already; it bounds the model.
     Imported lazily: scipy costs a noticeable import time the operator should not pay.
     """
     from slmpack.planner.binpack_milp import solve_milp
 
-    return solve_milp(problem, time_limit_s=time_limit_s)
+    return solve_milp(problem, time_limit_s=time_limit_s, heuristic=heuristic)

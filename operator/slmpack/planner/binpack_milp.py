@@ -216,19 +216,23 @@ def _run(model: _Model, time_limit_s: float) -> Any:
     )
 
 
-def solve_milp(problem: PackingProblem, time_limit_s: float = 60.0) -> PackingResult:
+def solve_milp(
+    problem: PackingProblem,
+    time_limit_s: float = 60.0,
+    heuristic: PackingResult | None = None,
+) -> PackingResult:
     """Minimise GPUs, then power, exactly (within `time_limit_s` per HiGHS solve).
 
-    The heuristic runs first: its GPU count bounds how many GPUs of each pool the model needs
-    (an optimum never uses more GPUs in one pool than a known solution uses in all), which keeps
-    the model small. `optimal` is True only when HiGHS proved optimality; on a time limit the
-    best solution found is returned with `optimal=False` and `gpus_lower_bound` from the dual
-    bound.
+    The heuristic runs first (unless its result for this problem is passed in): its GPU count
+    bounds how many GPUs of each pool the model needs (an optimum never uses more GPUs in one
+    pool than a known solution uses in all), which keeps the model small. `optimal` is True only
+    when HiGHS proved optimality; on a time limit the best solution found is returned with
+    `optimal=False` and `gpus_lower_bound` from the dual bound.
     """
     ix = index_problem(problem)
     if not ix.demand_tokens_per_s:
         return build_result(ix, [], "milp", True, gpus_lower_bound=0)
-    bound = pack_heuristic(problem)
+    bound = heuristic if heuristic is not None else pack_heuristic(problem)
     limits = [pool.count for pool in problem.pools]
     if bound.feasible:
         limits = [min(k, bound.gpus_used) for k in limits]

@@ -3,14 +3,18 @@ options, and the packer places replicas on the pools to meet every model's deman
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from slmpack.catalog.gpus import mig_layouts
 from slmpack.catalog.types import GPUSpec, ModelSpec, WeightDtype
 from slmpack.planner.binpack import GpuPool, ModelDemand, PackingProblem, ReplicaOption
+from slmpack.planner.flags import VllmLaunch, vllm_launch
 from slmpack.planner.memory import replica_memory
 from slmpack.planner.plan import PlanRequest, enumerate_candidates
 from slmpack.planner.types import Candidate, Objective, SharingMode, Slo, Workload
+
+#: GPUs per node when a pool does not say: an HGX board (H100, A100) carries 8.
+DEFAULT_GPUS_PER_NODE = 8
 
 
 @dataclass(frozen=True)
@@ -28,6 +32,34 @@ class FleetPool:
     gpu: GPUSpec
     count: int
     mig: bool = False
+    gpus_per_node: int = DEFAULT_GPUS_PER_NODE
+
+    def node_of(self, gpu_index: int) -> str:
+        """The node holding GPU `gpu_index` of the pool: `<pool>-<n>`, GPUs filling nodes in
+        order, the names `slmpack dev-cluster` gives a pool's nodes."""
+        return f"{self.name}-{gpu_index // self.gpus_per_node}"
+
+
+@dataclass(frozen=True)
+class OptionSource:
+    """The engine behind one replica option: the planner's candidate, with the memory the packer
+    reserves per replica (not the candidate's share of a GPU), and the device it runs on."""
+
+    candidate: Candidate
+    device_memory_bytes: int  # the whole GPU, or the MIG instance
+
+    def launch(self) -> VllmLaunch:
+        """vLLM flags of one replica: the KV cache and memory share match what the packer
+        reserved, so co-located engines of different models add up to at most the device."""
+        return vllm_launch(self.candidate, self.device_memory_bytes)
+
+
+@dataclass(frozen=True)
+class FleetProblem:
+    """A packing problem and, aligned with `problem.options`, where each option comes from."""
+
+    problem: PackingProblem
+    sources: tuple[OptionSource, ...]
 
 
 def _best_per_shape(candidates: tuple[Candidate, ...]) -> list[Candidate]:
@@ -49,6 +81,11 @@ def replica_options(model: FleetModel, pool: FleetPool) -> list[ReplicaOption]:
     its target concurrency needs (not the whole 1/n share), so replicas of different models can
     fill a GPU together.
     """
+    return [option for option, _ in sourced_options(model, pool)]
+
+
+def sourced_options(model: FleetModel, pool: FleetPool) -> list[tuple[ReplicaOption, OptionSource]]:
+    """`replica_options`, each with the engine it stands for."""
     modes = (SharingMode.MIG,) if pool.mig else (SharingMode.EXCLUSIVE, SharingMode.PACKED)
     request = PlanRequest(
         model.spec,
@@ -59,30 +96,40 @@ def replica_options(model: FleetModel, pool: FleetPool) -> list[ReplicaOption]:
         workload=model.workload,
         weight_dtype=model.weight_dtype,
     )
-    options: list[ReplicaOption] = []
+    options: list[tuple[ReplicaOption, OptionSource]] = []
     for c in _best_per_shape(enumerate_candidates(request)):
         need = replica_memory(model.spec, c.engine, model.workload)
         dynamic_watts = max(0.0, c.perf.power_watts - pool.gpu.idle_watts)
-        options.append(
-            ReplicaOption(
-                model=model.spec.name,
-                product=pool.gpu.product,
-                memory_bytes=need.total_bytes,
-                compute_share=1.0 / c.replicas_per_gpu if not c.mig_profile else 1.0,
-                tokens_per_s=c.perf.total_tokens_per_s / c.replicas_per_gpu,
-                watts=dynamic_watts / c.replicas_per_gpu,
-                mig_profile=c.mig_profile,
-            )
+        option = ReplicaOption(
+            model=model.spec.name,
+            product=pool.gpu.product,
+            memory_bytes=need.total_bytes,
+            compute_share=1.0 / c.replicas_per_gpu if not c.mig_profile else 1.0,
+            tokens_per_s=c.perf.total_tokens_per_s / c.replicas_per_gpu,
+            watts=dynamic_watts / c.replicas_per_gpu,
+            mig_profile=c.mig_profile,
         )
+        device_bytes = (
+            pool.gpu.mig_profile(c.mig_profile).memory_bytes
+            if c.mig_profile
+            else pool.gpu.memory_bytes
+        )
+        options.append((option, OptionSource(replace(c, memory=need), device_bytes)))
     return options
 
 
 def build_problem(models: list[FleetModel], pools: list[FleetPool]) -> PackingProblem:
-    options: list[ReplicaOption] = []
+    return build_fleet_problem(models, pools).problem
+
+
+def build_fleet_problem(models: list[FleetModel], pools: list[FleetPool]) -> FleetProblem:
+    """The packing problem of a fleet, with the engine behind every replica option."""
+    sourced: list[tuple[ReplicaOption, OptionSource]] = []
     for pool in pools:
         for model in models:
-            options.extend(replica_options(model, pool))
-    return PackingProblem(
+            sourced.extend(sourced_options(model, pool))
+    options = [option for option, _ in sourced]
+    problem = PackingProblem(
         pools=tuple(
             GpuPool(
                 name=p.name,
@@ -97,3 +144,4 @@ def build_problem(models: list[FleetModel], pools: list[FleetPool]) -> PackingPr
         options=tuple(options),
         demands=tuple(ModelDemand(m.spec.name, m.demand_tokens_per_s) for m in models),
     )
+    return FleetProblem(problem, tuple(source for _, source in sourced))
