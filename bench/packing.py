@@ -20,10 +20,8 @@ import argparse
 import json
 import math
 import os
-import platform
 import random
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -32,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from benchinfo import git_sha, hardware
 from slmpack.planner.binpack import (
     COMPUTE_SHARE_TOLERANCE,
     GpuPool,
@@ -295,37 +294,6 @@ def timed(fn: Any, *args: Any) -> tuple[float, Any]:
     start = time.perf_counter()
     out = fn(*args)
     return time.perf_counter() - start, out
-
-
-def git_sha() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, timeout=10
-        )
-        sha = out.stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain"], capture_output=True, text=True, timeout=10
-        ).stdout.strip()
-        return f"{sha}-dirty" if dirty else sha
-    except (OSError, subprocess.SubprocessError):
-        return "unknown (no commit yet)"
-
-
-def hardware() -> dict[str, Any]:
-    model_name = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model_name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu_count": os.cpu_count(),
-        "cpu_model": model_name,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-    }
 
 
 def main(argv: Sequence[str] | None = None) -> None:
