@@ -301,6 +301,10 @@ def component_argv(
                 # roles, as kubeadm sets it up.
                 "--use-service-account-credentials=true",
                 f"--cert-dir={layout.root / 'kcm-certs'}",
+                # kwok renews hundreds of node leases from one process; on a starved 2-core
+                # machine a renewal can come late, and the default 40 s grace would mark the
+                # node's pods NotReady for good (kwok does not restore pod readiness).
+                "--node-monitor-grace-period=180s",
             ]
         else:
             argv += [f"--cert-dir={layout.root / 'scheduler-certs'}"]
