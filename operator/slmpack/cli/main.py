@@ -47,6 +47,12 @@ def _mount_subcommands() -> None:
         add_help_option=False,
         help="Drive open-loop OpenAI load and report throughput, latency and goodput.",
     )(_load_command)
+    app.command(
+        name="demo",
+        context_settings=passthrough,
+        add_help_option=False,
+        help="Packing vs one replica per GPU on a local cluster, measured.",
+    )(_demo_command)
     app.add_typer(dev_cluster_app, name="dev-cluster")
 
 
@@ -72,6 +78,12 @@ def _load_command(ctx: typer.Context) -> None:
     from slmpack.loadgen.cli import load_main
 
     raise typer.Exit(load_main(ctx.args))
+
+
+def _demo_command(ctx: typer.Context) -> None:
+    from slmpack.demo.cli import demo_main
+
+    raise typer.Exit(demo_main(ctx.args))
 
 
 _mount_subcommands()

@@ -1,0 +1,65 @@
+"""The report's PNG: throughput per GPU and tokens per joule, measured next to predicted."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+# Files only, never a display; chosen before pyplot is imported.
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt
+
+from slmpack.demo.report import DemoReport
+
+
+def write_plot(report: DemoReport, path: Path) -> None:
+    results = (report.baseline, report.packed)
+    labels = [
+        f"one per GPU\n{report.baseline.prediction.mode}",
+        f"slmpack\n{report.packed.prediction.mode} x{report.packed.prediction.replicas_per_gpu}",
+    ]
+    panels = (
+        (
+            "output tokens/s per GPU",
+            [r.measurement.tokens_per_second_per_gpu for r in results],
+            [r.prediction.tokens_per_second_per_gpu for r in results],
+            report.throughput_ratio,
+        ),
+        (
+            "output tokens per joule",
+            [r.measurement.tokens_per_joule for r in results],
+            [r.prediction.tokens_per_joule for r in results],
+            report.tokens_per_joule_ratio,
+        ),
+    )
+    figure, axes = plt.subplots(1, 2, figsize=(10, 4.2))
+    width = 0.38
+    for ax, (title, measured, predicted, ratio) in zip(axes, panels, strict=True):
+        xs = range(len(labels))
+        ax.bar([x - width / 2 for x in xs], measured, width, label="measured", color="#2f6db5")
+        ax.bar(
+            [x + width / 2 for x in xs],
+            [p or 0.0 for p in predicted],
+            width,
+            label="predicted (plan)",
+            color="#a9c4e8",
+        )
+        for x, value in zip(xs, measured, strict=True):
+            ax.annotate(
+                f"{value:,.0f}" if value >= 100 else f"{value:.1f}",
+                (x - width / 2, value),
+                ha="center",
+                va="bottom",
+                fontsize=8,
+            )
+        ax.set_xticks(list(xs), labels)
+        ax.set_title(f"{title}: x{ratio:.2f}")
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].legend(loc="upper left", fontsize=8)
+    load = report.load
+    figure.suptitle(f"{load.model} on {load.gpu_product}, same load ({load.engine})")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
