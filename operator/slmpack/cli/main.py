@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 import typer
 
 app = typer.Typer(
@@ -22,68 +24,56 @@ def _mount_subcommands() -> None:
     app.command(name="plan")(plan_command)
     app.command(name="pack")(pack_command)
     app.command(name="operator")(operator_command)
-    app.command(
-        name="launcher",
-        context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
-        add_help_option=False,
-        help="Run the Packed pod's launcher: N vLLM engines behind one router.",
-    )(_launcher_command)
-    passthrough = {"allow_extra_args": True, "ignore_unknown_options": True}
-    app.command(
-        name="vllm-sim",
-        context_settings=passthrough,
-        add_help_option=False,
-        help="Serve an OpenAI-compatible vLLM stand-in timed by the GPU performance model.",
-    )(_vllm_sim_command)
-    app.command(
-        name="dcgm-sim",
-        context_settings=passthrough,
-        add_help_option=False,
-        help="Serve dcgm-exporter metrics for the simulated GPUs.",
-    )(_dcgm_sim_command)
-    app.command(
-        name="load",
-        context_settings=passthrough,
-        add_help_option=False,
-        help="Drive open-loop OpenAI load and report throughput, latency and goodput.",
-    )(_load_command)
-    app.command(
-        name="demo",
-        context_settings=passthrough,
-        add_help_option=False,
-        help="Packing vs one replica per GPU on a local cluster, measured.",
-    )(_demo_command)
+    for name, target, help_text in _PASSTHROUGH_COMMANDS:
+        _mount_passthrough(name, target, help_text)
     app.add_typer(dev_cluster_app, name="dev-cluster")
 
 
-def _launcher_command(ctx: typer.Context) -> None:
-    from slmpack.launcher import launcher_main
+#: Commands that parse their own arguments (argparse): name, "module:function", help.
+_PASSTHROUGH_COMMANDS = (
+    (
+        "launcher",
+        "slmpack.launcher:launcher_main",
+        "Run the Packed pod's launcher: N vLLM engines behind one router.",
+    ),
+    (
+        "vllm-sim",
+        "slmpack.sim.vllm:vllm_sim_main",
+        "Serve an OpenAI-compatible vLLM stand-in timed by the GPU performance model.",
+    ),
+    (
+        "dcgm-sim",
+        "slmpack.sim.dcgm:dcgm_sim_main",
+        "Serve dcgm-exporter metrics for the simulated GPUs.",
+    ),
+    (
+        "load",
+        "slmpack.loadgen.cli:load_main",
+        "Drive open-loop OpenAI load and report throughput, latency and goodput.",
+    ),
+    (
+        "demo",
+        "slmpack.demo.cli:demo_main",
+        "Packing vs one replica per GPU on a local cluster, measured.",
+    ),
+)
 
-    raise typer.Exit(launcher_main(ctx.args))
 
+def _mount_passthrough(name: str, target: str, help_text: str) -> None:
+    """Hand every argument, --help included, to `target(argv) -> exit code`, imported only
+    when the command runs (the simulators and the launcher pull in aiohttp and more)."""
+    module_name, function_name = target.split(":")
 
-def _vllm_sim_command(ctx: typer.Context) -> None:
-    from slmpack.sim.vllm import vllm_sim_main
+    def command(ctx: typer.Context) -> None:
+        main = getattr(importlib.import_module(module_name), function_name)
+        raise typer.Exit(main(ctx.args))
 
-    raise typer.Exit(vllm_sim_main(ctx.args))
-
-
-def _dcgm_sim_command(ctx: typer.Context) -> None:
-    from slmpack.sim.dcgm import dcgm_sim_main
-
-    raise typer.Exit(dcgm_sim_main(ctx.args))
-
-
-def _load_command(ctx: typer.Context) -> None:
-    from slmpack.loadgen.cli import load_main
-
-    raise typer.Exit(load_main(ctx.args))
-
-
-def _demo_command(ctx: typer.Context) -> None:
-    from slmpack.demo.cli import demo_main
-
-    raise typer.Exit(demo_main(ctx.args))
+    app.command(
+        name=name,
+        context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+        add_help_option=False,
+        help=help_text,
+    )(command)
 
 
 _mount_subcommands()
