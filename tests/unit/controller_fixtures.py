@@ -10,6 +10,8 @@ import copy
 from pathlib import Path
 from typing import Any
 
+from kubernetes.client.exceptions import ApiException
+
 from slmpack.api.v1alpha1 import SLMDeploymentSpec
 from slmpack.devcluster.gpu_nodes import NodePool, build_fleet_nodes, build_node, parse_fleet_yaml
 
@@ -81,3 +83,54 @@ def spec(**fields: Any) -> SLMDeploymentSpec:
     """An opt-1.3b spec (catalogue entry via its hf:// id) with `fields` merged in."""
     body: dict[str, Any] = {"model": {"uri": "hf://facebook/opt-1.3b"}, **fields}
     return SLMDeploymentSpec.model_validate(body)
+
+
+WRITES = ("apply", "apply_status", "create", "delete")
+
+
+class FakeKube:
+    """Records every call; stores what is applied, as the apiserver would echo it back."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str]] = []  # (verb, kind)
+        self.applied: list[dict[str, Any]] = []
+        self.statuses: list[dict[str, Any]] = []
+        self.created: list[dict[str, Any]] = []
+        self.objects: dict[tuple[str, str | None, str], dict[str, Any]] = {}
+        self.fail_create: ApiException | None = None
+
+    def writes(self) -> list[tuple[str, str]]:
+        return [c for c in self.calls if c[0] in WRITES]
+
+    async def get(self, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
+        self.calls.append(("get", kind))
+        found = self.objects.get((kind, namespace, name))
+        return copy.deepcopy(found) if found is not None else None
+
+    async def list(
+        self, kind: str, namespace: str | None = None, label_selector: str | None = None
+    ) -> list[dict[str, Any]]:
+        self.calls.append(("list", kind))
+        return [copy.deepcopy(o) for (k, ns, _), o in self.objects.items() if k == kind]
+
+    async def apply(self, obj: dict[str, Any]) -> dict[str, Any] | None:
+        self.calls.append(("apply", obj["kind"]))
+        self.applied.append(copy.deepcopy(obj))
+        stored = copy.deepcopy(obj)
+        stored["metadata"].update(generation=1, resourceVersion=str(len(self.calls)))
+        return stored
+
+    async def apply_status(self, obj: dict[str, Any]) -> dict[str, Any] | None:
+        self.calls.append(("apply_status", obj["kind"]))
+        self.statuses.append(copy.deepcopy(obj))
+        return copy.deepcopy(obj)
+
+    async def create(self, obj: dict[str, Any]) -> dict[str, Any] | None:
+        self.calls.append(("create", obj["kind"]))
+        if self.fail_create is not None:
+            raise self.fail_create
+        self.created.append(copy.deepcopy(obj))
+        return copy.deepcopy(obj)
+
+    async def delete(self, kind: str, namespace: str | None, name: str) -> None:
+        self.calls.append(("delete", kind))

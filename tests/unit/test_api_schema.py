@@ -105,8 +105,8 @@ FIELDS = [
 
 def test_every_structured_object_is_mirrored() -> None:
     # spec, model, config, configMapRef, engine, env[], resources, hfTokenSecretRef, gpu,
-    # autotune, slo, workload; status, conditions[], plan, predicted.
-    assert len(PAIRS) == 16
+    # autotune, slo, workload; status, conditions[], plan, predicted, autotune, target.
+    assert len(PAIRS) == 18
 
 
 @pytest.mark.parametrize(("path", "schema", "model"), [pytest.param(*p, id=p[0]) for p in PAIRS])

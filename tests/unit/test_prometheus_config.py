@@ -67,7 +67,7 @@ def test_only_annotated_pods_become_targets_labelled_for_queries() -> None:
         "pod": "chat-0",
         "node": "run-0",
         "container": "launcher",
-        "slmdeployment": "chat",
+        "slmpack_dev_deployment": "chat",
         "__metrics_path__": "/metrics",
     }
 

@@ -27,61 +27,12 @@ from slmpack.controller.reconciler import (
 )
 from slmpack.controller.settings import Settings
 
-from .controller_fixtures import REPO_ROOT, fleet_nodes, h100_node, spec
+from .controller_fixtures import REPO_ROOT, FakeKube, fleet_nodes, h100_node, spec
 
 NOW = datetime(2025, 3, 1, 12, 0, 0, tzinfo=UTC)
 NOW_TEXT = "2025-03-01T12:00:00Z"
 KEY = ("team-a", "chat")
-WRITES = ("apply", "apply_status", "create", "delete")
 MODELS = default_model_catalog()
-
-
-class FakeKube:
-    """Records every call; stores what is applied, as the apiserver would echo it back."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, str]] = []  # (verb, kind)
-        self.applied: list[dict[str, Any]] = []
-        self.statuses: list[dict[str, Any]] = []
-        self.created: list[dict[str, Any]] = []
-        self.objects: dict[tuple[str, str | None, str], dict[str, Any]] = {}
-        self.fail_create: ApiException | None = None
-
-    def writes(self) -> list[tuple[str, str]]:
-        return [c for c in self.calls if c[0] in WRITES]
-
-    async def get(self, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
-        self.calls.append(("get", kind))
-        found = self.objects.get((kind, namespace, name))
-        return copy.deepcopy(found) if found is not None else None
-
-    async def list(
-        self, kind: str, namespace: str | None = None, label_selector: str | None = None
-    ) -> list[dict[str, Any]]:
-        self.calls.append(("list", kind))
-        return [copy.deepcopy(o) for (k, ns, _), o in self.objects.items() if k == kind]
-
-    async def apply(self, obj: dict[str, Any]) -> dict[str, Any] | None:
-        self.calls.append(("apply", obj["kind"]))
-        self.applied.append(copy.deepcopy(obj))
-        stored = copy.deepcopy(obj)
-        stored["metadata"].update(generation=1, resourceVersion=str(len(self.calls)))
-        return stored
-
-    async def apply_status(self, obj: dict[str, Any]) -> dict[str, Any] | None:
-        self.calls.append(("apply_status", obj["kind"]))
-        self.statuses.append(copy.deepcopy(obj))
-        return copy.deepcopy(obj)
-
-    async def create(self, obj: dict[str, Any]) -> dict[str, Any] | None:
-        self.calls.append(("create", obj["kind"]))
-        if self.fail_create is not None:
-            raise self.fail_create
-        self.created.append(copy.deepcopy(obj))
-        return copy.deepcopy(obj)
-
-    async def delete(self, kind: str, namespace: str | None, name: str) -> None:
-        self.calls.append(("delete", kind))
 
 
 def _controller(fake: FakeKube) -> Controller:

@@ -161,6 +161,24 @@ class PlanStatus(_Model):
     predicted: PredictedPerf | None = None
 
 
+class AutotuneTarget(_Model):
+    mode: str | None = None
+    mig_profile: str | None = None
+    replicas_per_gpu: int | None = Field(default=None, alias="replicasPerGPU")
+    max_num_seqs: int | None = None
+    replicas: int | None = None
+    gpus: int | None = None
+
+
+class AutotuneStatus(_Model):
+    mode: str | None = None
+    last_tune_time: str | None = None
+    target: AutotuneTarget | None = None
+    last_decision: dict[str, Any] | None = None
+    history: tuple[dict[str, Any], ...] = ()
+    state: dict[str, Any] | None = None
+
+
 class SLMDeploymentStatus(_Model):
     observed_generation: int | None = None
     conditions: tuple[Condition, ...] = ()
@@ -170,6 +188,7 @@ class SLMDeploymentStatus(_Model):
     ready_text: str | None = None
     selector: str | None = None
     endpoint: str | None = None
+    autotune: AutotuneStatus | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """The JSON form the API stores (camelCase, unset fields left out)."""

@@ -202,10 +202,12 @@ def _gpu_power_watts(window: str) -> str:
 
 def _attributed(matcher: str, window: str, gpu_watts: str) -> str:
     share = (
-        f"{_pod_gpu_tokens(matcher, window)} / on ({GPU_LABEL}) group_left"
+        f"{_pod_gpu_tokens(matcher, window)} / on ({GPU_LABEL}) group_left()"
         f" sum by ({GPU_LABEL}) ({_pod_gpu_tokens('', window)})"
     )
-    return f"sum({share} * on ({GPU_LABEL}) group_left {gpu_watts})"
+    # group_left() with its empty label list: a bare group_left followed by "(" would read
+    # the parenthesised right-hand side as its label list.
+    return f"sum({share} * on ({GPU_LABEL}) group_left() {gpu_watts})"
 
 
 def _deployment_gpus(matcher: str) -> str:
@@ -440,13 +442,13 @@ def recording_rules(window_s: int = RULE_WINDOW_S) -> tuple[RecordingRule, ...]:
         ),
         (
             n.pod_share,
-            f"{n.pod_gpu_tokens} / on ({GPU_LABEL}) group_left"
+            f"{n.pod_gpu_tokens} / on ({GPU_LABEL}) group_left()"
             f" sum by ({GPU_LABEL}) ({n.pod_gpu_tokens})",
         ),
         (n.gpu_energy, _gpu_energy_watts(w)),
         (n.gpu_power, _gpu_power_watts(w)),
-        (n.pod_energy, f"{n.pod_share} * on ({GPU_LABEL}) group_left {n.gpu_energy}"),
-        (n.pod_power, f"{n.pod_share} * on ({GPU_LABEL}) group_left {n.gpu_power}"),
+        (n.pod_energy, f"{n.pod_share} * on ({GPU_LABEL}) group_left() {n.gpu_energy}"),
+        (n.pod_power, f"{n.pod_share} * on ({GPU_LABEL}) group_left() {n.gpu_power}"),
         (n.gpu_util, _gpu_ratio(mn.DCGM_GPU_UTIL.series, w, " / 100")),
         (n.sm_active, _gpu_ratio(mn.DCGM_SM_ACTIVE.series, w)),
         (n.dram_active, _gpu_ratio(mn.DCGM_DRAM_ACTIVE.series, w)),

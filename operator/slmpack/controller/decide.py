@@ -18,7 +18,7 @@ from slmpack.catalog.types import GPUSpec, KvDtype, ModelSpec, WeightDtype
 from slmpack.controller.inventory import GpuOffer
 from slmpack.errors import CatalogError, DoesNotFitError, InvalidSpecError, SlmpackError
 from slmpack.planner.flags import VllmLaunch
-from slmpack.planner.plan import Plan, PlanRequest, baseline, plan
+from slmpack.planner.plan import Plan, PlanRequest, baseline, launch_for, plan
 from slmpack.planner.types import Candidate, Objective, SharingMode, Slo, Workload
 from slmpack.units import parse_duration_s
 
@@ -54,6 +54,10 @@ class Decision:
     engines_per_pod: int  # >1 only for Packed
     pods: int
     gpus: int
+    #: What was planned with: the autotuner builds its prior from it.
+    request: PlanRequest
+    #: The autotuner's packing replaced the planner's pick.
+    autotuned: bool = False
 
     @property
     def mode(self) -> SharingMode:
@@ -158,8 +162,14 @@ def decide(
     offers: Sequence[GpuOffer],
     gpus: GpuCatalog,
     autotuned_replicas: int | None = None,
+    autotuned_packing: str | None = None,
 ) -> Decision:
-    """The packing to run, or PlanFailedError saying why there is none and what would help."""
+    """The packing to run, or PlanFailedError saying why there is none and what would help.
+
+    `autotuned_packing` (a Candidate.key) is the autotuner's choice in Auto mode: it replaces
+    the planner's pick when the chosen offer's plan holds it (the autotuner measured it, so
+    the prior's SLO verdict no longer decides); otherwise the planner's pick stands.
+    """
     try:
         slo = _slo(spec)
     except InvalidSpecError as err:
@@ -230,6 +240,14 @@ def decide(
     chosen = best.recommended
     assert chosen is not None
     assert best.launch is not None
+    launch = best.launch
+    tuned = autotuned_packing is not None and autotuned_packing != chosen.key
+    if tuned:
+        found = next((c for c in best.candidates if c.key == autotuned_packing), None)
+        if found is None:
+            tuned = False
+        else:
+            chosen, launch = found, launch_for(best.request, found)
     per_gpu = chosen.replicas_per_gpu
     replicas = desired_replicas(spec, per_gpu, autotuned_replicas)
     engines_per_pod = per_gpu if chosen.mode is SharingMode.PACKED else 1
@@ -238,10 +256,12 @@ def decide(
         offer=offer,
         gpu=gpu,
         candidate=chosen,
-        launch=best.launch,
+        launch=launch,
         exclusive_baseline=baseline(best.candidates),
         replicas=pods * engines_per_pod,
         engines_per_pod=engines_per_pod,
         pods=pods,
         gpus=math.ceil(pods * engines_per_pod / per_gpu),
+        request=best.request,
+        autotuned=tuned,
     )

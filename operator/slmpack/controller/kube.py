@@ -50,6 +50,9 @@ KINDS: dict[str, ResourceKind] = {
         ResourceKind("events.k8s.io/v1", "Event", "events"),
         ResourceKind("slmpack.dev/v1alpha1", "SLMDeployment", "slmdeployments"),
         ResourceKind("v1", "Node", "nodes", namespaced=False),
+        # Read by the autotuner to follow kopf's peering verdict.
+        ResourceKind("kopf.dev/v1", "ClusterKopfPeering", "clusterkopfpeerings", namespaced=False),
+        ResourceKind("kopf.dev/v1", "KopfPeering", "kopfpeerings"),
     )
 }
 

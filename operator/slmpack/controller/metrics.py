@@ -46,33 +46,54 @@ class OperatorMetrics:
             ["namespace", "name", "type", "status", "reason"],
             registry=self.registry,
         )
-        self._condition_series: dict[tuple[str, str], set[tuple[str, ...]]] = {}
+        #: By (namespace, name, scope): the reconciler and the autotuner each set their own.
+        self._condition_series: dict[tuple[str, str, str], set[tuple[str, ...]]] = {}
         self.ready_replicas = Gauge(
             "slmpack_operator_ready_replicas",
             "vLLM replicas ready, by SLMDeployment.",
             ["namespace", "name"],
             registry=self.registry,
         )
+        self.autotune_passes = Counter(
+            "slmpack_autotune_passes",
+            "Autotuner passes, by the decision's reason (Steady, LoadRose, PrometheusUnavailable,"
+            " ...) or error.",
+            ["result"],
+            registry=self.registry,
+        )
+        self.autotune_decisions = Counter(
+            "slmpack_autotune_decisions",
+            "Autotuner decisions that differed from the one before, by SLMDeployment, action "
+            "(Hold, Scale, Repack) and reason.",
+            ["namespace", "name", "action", "reason"],
+            registry=self.registry,
+        )
 
     def set_conditions(
-        self, namespace: str, name: str, conditions: Iterable[tuple[str, str, str]]
+        self,
+        namespace: str,
+        name: str,
+        conditions: Iterable[tuple[str, str, str]],
+        scope: str = "operator",
     ) -> None:
         """One series per (type, status, reason) now true of an SLMDeployment; the series of
-        its previous conditions are removed, so alerts see only the current state."""
+        its previous conditions (set under the same scope) are removed, so alerts see only the
+        current state."""
         current: set[tuple[str, ...]] = {(namespace, name, *c) for c in conditions}
-        for labels in self._condition_series.pop((namespace, name), set()) - current:
+        for labels in self._condition_series.pop((namespace, name, scope), set()) - current:
             with contextlib.suppress(KeyError):
                 self.conditions.remove(*labels)
         for labels in current:
             self.conditions.labels(*labels).set(1)
-        self._condition_series[(namespace, name)] = current
+        self._condition_series[(namespace, name, scope)] = current
 
     def count_write(self, kind: str, verb: str) -> None:
         self.api_writes.labels(kind=kind, verb=verb).inc()
 
     def forget(self, namespace: str, name: str) -> None:
-        self.set_conditions(namespace, name, ())
-        self._condition_series.pop((namespace, name), None)
+        for scope in ("operator", "autotuner"):
+            self.set_conditions(namespace, name, (), scope)
+            self._condition_series.pop((namespace, name, scope), None)
         for gauge in (self.planned_replicas, self.ready_replicas):
             with contextlib.suppress(KeyError):
                 gauge.remove(namespace, name)

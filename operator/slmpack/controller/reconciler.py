@@ -32,6 +32,7 @@ from slmpack.catalog.gpus import GpuCatalog, default_gpu_catalog
 from slmpack.catalog.models import ModelCatalog, default_model_catalog, model_from_hf_config
 from slmpack.catalog.types import ModelSpec
 from slmpack.controller import status as st
+from slmpack.controller import tuning
 from slmpack.controller.decide import Decision, PlanFailedError, decide
 from slmpack.controller.drift import contains
 from slmpack.controller.inventory import GpuOffer, cluster_offers, offer_kinds
@@ -141,6 +142,8 @@ class Controller:
         self.offers: tuple[GpuOffer, ...] = ()
         self._offer_kinds: frozenset[str] = frozenset()
         self._workers: list[asyncio.Task[None]] = []
+        #: The last decision per SLMDeployment: the autotuner measures what it runs.
+        self.decisions: dict[Key, Decision] = {}
 
     # --- watch events -------------------------------------------------------------------
 
@@ -148,6 +151,7 @@ class Controller:
         key = _key(body)
         if event_type == "DELETED":
             self.store.slmds.pop(key, None)
+            self.decisions.pop(key, None)
             self.metrics.forget(*key)
             return
         old = self.store.slmds.get(key)
@@ -276,8 +280,10 @@ class Controller:
             spec = SLMDeploymentSpec.model_validate(body.get("spec") or {})
             decision = await self._decide(key, spec, previous)
         except PlanFailedError as failure:
+            self.decisions.pop(key, None)
             await self._report_failure(body, previous, generation, failure)
             return "plan_failed"
+        self.decisions[key] = decision
         owner = Owner(key[1], key[0], str(meta.get("uid", "")))
         deployment = await self._apply_children(owner, spec, decision)
         pods = self.store.pods.get(key, {}).values()
@@ -308,9 +314,17 @@ class Controller:
                 raise PlanFailedError(
                     "InvalidModelConfig", f"ConfigMap {ref.name} key {ref.key}: {err}"
                 ) from err
+        target = tuning.target_of(previous.autotune) if spec.autotune.mode == "Auto" else None
         try:
             model = model_from_spec(spec, self.models, config_json)
-            return decide(spec, model, self.offers, self.gpus)
+            return decide(
+                spec,
+                model,
+                self.offers,
+                self.gpus,
+                autotuned_replicas=target.replicas if target else None,
+                autotuned_packing=target.packing_key if target else None,
+            )
         except PlanFailedError:
             raise
         except SlmpackError as err:  # an architecture or spec the planner rejects
@@ -352,8 +366,10 @@ class Controller:
                 for c in status.conditions
                 if c.type in st.OWNED_CONDITIONS
             ],
+            scope="operator",
         )
-        wanted = status.as_dict()
+        # The autotuner's fields stay under its own field manager.
+        wanted = {k: v for k, v in status.as_dict().items() if k in OWNED_STATUS_FIELDS}
         if _owned_status(body.get("status") or {}) == _owned_status(wanted):
             return
         await self.api.apply_status(
@@ -392,7 +408,7 @@ class Controller:
         await self._write_status(body, status)
         was = _condition(previous.conditions, st.PLANNED)
         if previous.plan != plan or was is None or was.status != "True":
-            await self._event(body, "Normal", "Planned", _first(conditions, st.PLANNED).message)
+            await self.event(body, "Normal", "Planned", _first(conditions, st.PLANNED).message)
 
     async def _report_failure(
         self,
@@ -411,21 +427,34 @@ class Controller:
         was = _condition(previous.conditions, st.PLANNED)
         if was is None or was.status != "False" or was.message != failure.message:
             log.warning("Planning %s/%s failed: %s", *_key(body), failure.message)
-            await self._event(body, "Warning", failure.reason, failure.message)
+            await self.event(body, "Warning", failure.reason, failure.message)
 
-    async def _event(self, body: Mapping[str, Any], type_: str, reason: str, note: str) -> None:
+    async def event(
+        self,
+        body: Mapping[str, Any],
+        type_: str,
+        reason: str,
+        note: str,
+        action: str = "Plan",
+    ) -> None:
         """Best effort: a lost Event must not undo or repeat the reconcile that raised it."""
         meta = body["metadata"]
         now = self.clock()
         try:
-            await self._create_event(meta, now, type_, reason, note)
+            await self._create_event(meta, now, type_, reason, note, action)
         except ApiException as err:
             log.warning(
                 "Could not record Event %s on %s: HTTP %s", reason, meta["name"], err.status
             )
 
     async def _create_event(
-        self, meta: Mapping[str, Any], now: datetime, type_: str, reason: str, note: str
+        self,
+        meta: Mapping[str, Any],
+        now: datetime,
+        type_: str,
+        reason: str,
+        note: str,
+        action: str,
     ) -> None:
         await self.api.create(
             {
@@ -435,7 +464,7 @@ class Controller:
                 "eventTime": now.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
                 "reportingController": "slmpack.dev/operator",
                 "reportingInstance": self.settings.instance[:128],
-                "action": "Plan",
+                "action": action,
                 "reason": reason,
                 "note": note[:1024],
                 "type": type_,
@@ -499,4 +528,6 @@ def _same_input(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
         old_meta.get("generation") == new_meta.get("generation")
         and old_meta.get("deletionTimestamp") == new_meta.get("deletionTimestamp")
         and old.get("spec") == new.get("spec")
+        # The autotuner's target is an input in Auto mode (written to status by the autotuner).
+        and tuning.raw_target(old.get("status")) == tuning.raw_target(new.get("status"))
     )

@@ -11,6 +11,8 @@ from typing import Any
 import kopf
 from prometheus_client import start_http_server
 
+from slmpack.autotune.prometheus import PrometheusClient
+from slmpack.controller import autotuner as tuner
 from slmpack.controller.kube import CONNECTION_POOL_SIZE, KubeApi, load_api_client
 from slmpack.controller.metrics import OperatorMetrics
 from slmpack.controller.reconciler import Controller
@@ -27,8 +29,11 @@ def run_operator(settings: Settings, kubeconfig: str | None = None) -> None:
         # kopf reads the same kubeconfig through $KUBECONFIG.
         os.environ["KUBECONFIG"] = kubeconfig
     metrics = OperatorMetrics()
-    api = KubeApi(load_api_client(kubeconfig), FIELD_MANAGER, on_write=metrics.count_write)
+    api_client = load_api_client(kubeconfig)
+    api = KubeApi(api_client, FIELD_MANAGER, on_write=metrics.count_write)
+    autotune_api = KubeApi(api_client, tuner.FIELD_MANAGER, on_write=metrics.count_write)
     holder: dict[str, Controller] = {}
+    autotuners: list[tuner.Autotuner] = []
 
     def controller() -> Controller:
         return holder["controller"]
@@ -52,12 +57,24 @@ def run_operator(settings: Settings, kubeconfig: str | None = None) -> None:
         asyncio.get_running_loop().set_default_executor(
             ThreadPoolExecutor(CONNECTION_POOL_SIZE, thread_name_prefix="kube-api")
         )
-        holder["controller"] = Controller(api, settings_, metrics)
-        await holder["controller"].prime()
-        holder["controller"].start()
+        controller = holder["controller"] = Controller(api, settings_, metrics)
+        await controller.prime()
+        controller.start()
+        prometheus = tuner.prometheus_config(settings_.autotune)
+        autotuners.append(
+            tuner.Autotuner(
+                controller,
+                autotune_api,
+                settings_,
+                PrometheusClient(prometheus) if prometheus is not None else None,
+            )
+        )
+        autotuners[0].start()
 
     @kopf.on.cleanup(registry=registry)
     async def stop(**_: Any) -> None:
+        for autotuner in autotuners:
+            await autotuner.stop()
         if "controller" in holder:
             await holder["controller"].stop()
 

@@ -6,7 +6,8 @@ import math
 import os
 import zlib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from slmpack.errors import SlmpackError
 
@@ -14,10 +15,48 @@ from slmpack.errors import SlmpackError
 DEFAULT_VLLM_IMAGE = "vllm/vllm-openai:v0.11.0"
 #: vLLM plus the slmpack launcher, for Packed pods.
 DEFAULT_LAUNCHER_IMAGE = "ghcr.io/slmpack/launcher:0.1.0"
+#: kube-prometheus-stack's in-cluster Prometheus Service.
+DEFAULT_PROMETHEUS_URL = "http://prometheus-operated.monitoring.svc:9090"
 
 
 class SettingsError(SlmpackError):
     """An environment variable holds a value the operator cannot use."""
+
+
+@dataclass(frozen=True)
+class AutotuneSettings:
+    """How the autotuner reaches Prometheus and how often it decides."""
+
+    #: Prometheus base URL (SLMPACK_PROMETHEUS_URL); empty turns the autotuner off, and
+    #: SLMDeployments that ask for it say so in their Autotuned condition.
+    prometheus_url: str = DEFAULT_PROMETHEUS_URL
+    #: Bearer token file, re-read on every query (SLMPACK_PROMETHEUS_BEARER_TOKEN_FILE).
+    bearer_token_file: Path | None = None
+    #: PEM bundle for an https URL (SLMPACK_PROMETHEUS_CA_FILE), or skip verification
+    #: (SLMPACK_PROMETHEUS_INSECURE_SKIP_VERIFY=true; test clusters only).
+    ca_file: Path | None = None
+    insecure_skip_verify: bool = False
+    #: Per-query timeout (SLMPACK_PROMETHEUS_TIMEOUT_SECONDS).
+    timeout_seconds: float = 10.0
+    #: Read the shipped recording rules instead of raw series (SLMPACK_AUTOTUNE_RECORDED_RULES):
+    #: a handful of series per SLMDeployment whatever its replica count. Needs the rules
+    #: loaded; their window is fixed at 60 s.
+    recorded_rules: bool = False
+    #: Seconds between passes over one SLMDeployment (SLMPACK_AUTOTUNE_INTERVAL_SECONDS).
+    interval_seconds: float = 60.0
+    #: Rate and average window of the queries (SLMPACK_AUTOTUNE_WINDOW_SECONDS); also the
+    #: policy's window. Several scrape intervals long.
+    window_seconds: int = 60
+    #: Warm-up after a change before a window counts (SLMPACK_AUTOTUNE_SETTLE_SECONDS).
+    settle_seconds: float = 30.0
+    #: Stable time before scaling in (SLMPACK_AUTOTUNE_SCALE_DOWN_STABILISATION_SECONDS).
+    scale_down_stabilisation_seconds: float = 300.0
+    #: Least time between repacks (SLMPACK_AUTOTUNE_REPACK_COOLDOWN_SECONDS).
+    repack_cooldown_seconds: float = 600.0
+    #: Decisions kept in status.autotune.history (SLMPACK_AUTOTUNE_HISTORY).
+    history: int = 10
+    #: SLMDeployments tuned at once (SLMPACK_AUTOTUNE_CONCURRENCY).
+    concurrency: int = 8
 
 
 @dataclass(frozen=True)
@@ -49,6 +88,61 @@ class Settings:
     #: Name of this operator instance in Events (SLMPACK_INSTANCE, defaults to the pod's
     #: hostname).
     instance: str = "slmpack-operator"
+    autotune: AutotuneSettings = field(default_factory=AutotuneSettings)
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if raw == "":
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise SettingsError(f"{name}={raw!r} is not a boolean; use true or false")
+
+
+def _path(env: Mapping[str, str], name: str) -> Path | None:
+    raw = env.get(name, "")
+    if not raw:
+        return None
+    path = Path(raw)
+    if not path.is_file():
+        raise SettingsError(f"{name}={raw!r} is not a readable file")
+    return path
+
+
+def load_autotune_settings(env: Mapping[str, str]) -> AutotuneSettings:
+    url = env.get("SLMPACK_PROMETHEUS_URL", DEFAULT_PROMETHEUS_URL).strip()
+    if url and not url.startswith(("http://", "https://")):
+        raise SettingsError(
+            f"SLMPACK_PROMETHEUS_URL={url!r} must start with http:// or https:// "
+            "(or be empty to turn the autotuner off)"
+        )
+    window = _int(env, "SLMPACK_AUTOTUNE_WINDOW_SECONDS", 60, 5, 3600)
+    recorded = _bool(env, "SLMPACK_AUTOTUNE_RECORDED_RULES", False)
+    if recorded and window != 60:
+        raise SettingsError(
+            "SLMPACK_AUTOTUNE_RECORDED_RULES=true reads 60 s recording rules; "
+            f"unset SLMPACK_AUTOTUNE_WINDOW_SECONDS (now {window}) or turn the rules off"
+        )
+    return AutotuneSettings(
+        prometheus_url=url,
+        bearer_token_file=_path(env, "SLMPACK_PROMETHEUS_BEARER_TOKEN_FILE"),
+        ca_file=_path(env, "SLMPACK_PROMETHEUS_CA_FILE"),
+        insecure_skip_verify=_bool(env, "SLMPACK_PROMETHEUS_INSECURE_SKIP_VERIFY", False),
+        timeout_seconds=_float(env, "SLMPACK_PROMETHEUS_TIMEOUT_SECONDS", 10.0),
+        recorded_rules=recorded,
+        interval_seconds=_float(env, "SLMPACK_AUTOTUNE_INTERVAL_SECONDS", 60.0),
+        window_seconds=window,
+        settle_seconds=_float(env, "SLMPACK_AUTOTUNE_SETTLE_SECONDS", 30.0),
+        scale_down_stabilisation_seconds=_float(
+            env, "SLMPACK_AUTOTUNE_SCALE_DOWN_STABILISATION_SECONDS", 300.0
+        ),
+        repack_cooldown_seconds=_float(env, "SLMPACK_AUTOTUNE_REPACK_COOLDOWN_SECONDS", 600.0),
+        history=_int(env, "SLMPACK_AUTOTUNE_HISTORY", 10, 1, 100),
+        concurrency=_int(env, "SLMPACK_AUTOTUNE_CONCURRENCY", 8, 1, 256),
+    )
 
 
 def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
@@ -109,4 +203,5 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         ),
         peering_lifetime_seconds=_int(env, "SLMPACK_PEERING_LIFETIME_SECONDS", 60, 5, 3600),
         instance=instance,
+        autotune=load_autotune_settings(env),
     )

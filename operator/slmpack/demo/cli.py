@@ -274,7 +274,7 @@ def world_query(world: World, promql: str) -> float:
 
 
 def _pod_selector(name: str) -> str:
-    return f'namespace="{manifests.NAMESPACE}",slmdeployment="{name}"'
+    return f'namespace="{manifests.NAMESPACE}",slmpack_dev_deployment="{name}"'
 
 
 def _gpu_selector(name: str) -> str:

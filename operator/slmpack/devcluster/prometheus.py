@@ -35,6 +35,7 @@ from typing import Any
 
 import yaml
 
+from slmpack.autotune.signals import DEPLOYMENT_LABEL
 from slmpack.devcluster import binaries, processes
 from slmpack.devcluster.errors import DevClusterError
 from slmpack.devcluster.launcher import ADDON_FILE, free_port, write_addon
@@ -126,7 +127,8 @@ def pod_targets_document(targets: Sequence[PodTarget]) -> list[dict[str, Any]]:
             "__metrics_path__": target.path,
         }
         if target.slmdeployment:
-            labels["slmdeployment"] = target.slmdeployment
+            # The label the autotuner's queries select by (docs/autotune.md, scrape contract).
+            labels[DEPLOYMENT_LABEL] = target.slmdeployment
         groups.append({"targets": [f"{target.address}:{target.port}"], "labels": labels})
     return groups
 

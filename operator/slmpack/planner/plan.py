@@ -240,13 +240,18 @@ def plan(request: PlanRequest, params: PerfParams | None = None) -> Plan:
             + ". Relax the SLO, or use a faster GPU"
         )
         return Plan(request, candidates, front, None, reason, None)
+    reason = f"best {request.objective.value.lower()} among {len(candidates)} packings"
+    return Plan(request, candidates, front, chosen, reason, launch_for(request, chosen))
+
+
+def launch_for(request: PlanRequest, candidate: Candidate) -> VllmLaunch:
+    """The vLLM flags and environment of one of the request's candidates."""
     device_memory = (
-        request.gpu.mig_profile(chosen.mig_profile).memory_bytes
-        if chosen.mig_profile
+        request.gpu.mig_profile(candidate.mig_profile).memory_bytes
+        if candidate.mig_profile
         else request.gpu.memory_bytes
     )
-    reason = f"best {request.objective.value.lower()} among {len(candidates)} packings"
-    return Plan(request, candidates, front, chosen, reason, vllm_launch(chosen, device_memory))
+    return vllm_launch(candidate, device_memory)
 
 
 def _dominance_order(candidate: Candidate) -> float:

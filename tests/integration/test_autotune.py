@@ -1,0 +1,363 @@
+"""The autotuner in the local world: vllm-sim engines run by the runner on simulated L4 nodes,
+a real Prometheus scraping them and the nodes' dcgm-sims, the operator reading it.
+
+One SLMDeployment in Auto mode goes through a light load (it converges and holds steady), a
+load step (it scales out and the new pods serve), the load falling back (it scales in, a GPU
+at a time), and a Prometheus outage under a heavy load (it holds and says why). The policy's
+windows are shortened through the operator's settings so that this takes minutes.
+
+Nothing is skipped: a failure prints the runner's, Prometheus' and the operator's logs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import random
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, cast
+
+import aiohttp
+import pytest
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from slmpack.devcluster import gpu_nodes, node_apply, prometheus
+from slmpack.devcluster import runner as runner_mod
+from slmpack.devcluster.operator_process import OperatorProcess
+
+from .conftest import LiveCluster
+from .kube_helpers import wait_for
+from .test_runner import _apply_crd
+
+pytestmark = pytest.mark.cluster
+
+GROUP, VERSION, PLURAL = "slmpack.dev", "v1alpha1", "slmdeployments"
+NAME = "tuned"
+L4 = "NVIDIA-L4"
+GPUS = 4
+#: Real time: the rates Prometheus sees are the simulated GPU's, so the planner's prior holds.
+#: An 8B model on L4s makes about a thousand tokens/s per GPU, which two cores can serve.
+SPEEDUP = 1
+SCRAPE_INTERVAL_SECONDS = 1.0
+ADDRESS_POOL = f"127.{8 + os.getpid() % 100}.0.0/16"
+TEST_LABEL = "slmpack.io/autotune-test"
+#: The policy's clock, shortened: 10 s windows, a pass every 4 s, 25 s before scaling in.
+OPERATOR_ENV = {
+    "SLMPACK_AUTOTUNE_INTERVAL_SECONDS": "4",
+    "SLMPACK_AUTOTUNE_WINDOW_SECONDS": "10",
+    "SLMPACK_AUTOTUNE_SETTLE_SECONDS": "3",
+    "SLMPACK_AUTOTUNE_SCALE_DOWN_STABILISATION_SECONDS": "25",
+    "SLMPACK_AUTOTUNE_REPACK_COOLDOWN_SECONDS": "600",
+    "SLMPACK_PROMETHEUS_TIMEOUT_SECONDS": "3",
+}
+MAX_TOKENS = 48
+PROMPT = "Pack the GPUs until the tokens per joule stop rising. " * 6
+
+
+@dataclass
+class Load:
+    """A closed loop of `concurrency` clients, each sending the next completion (non-streaming,
+    so the host's cost is per request rather than per token) to a random Ready pod."""
+
+    endpoints: list[str] = field(default_factory=list)
+    concurrency: int = 0
+    completed: int = 0
+    failed: int = 0
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    async def _client(self, index: int, session: aiohttp.ClientSession) -> None:
+        rng = random.Random(index)
+        while not self.stop.is_set():
+            targets = list(self.endpoints)
+            if index >= self.concurrency or not targets:
+                await asyncio.sleep(0.2)
+                continue
+            body = {"model": "llama", "prompt": PROMPT, "max_tokens": MAX_TOKENS}
+            try:
+                async with session.post(
+                    f"http://{rng.choice(targets)}:8000/v1/completions",
+                    json=body,
+                    timeout=aiohttp.ClientTimeout(total=60),
+                ) as reply:
+                    await reply.read()
+                    if reply.status == 200:
+                        self.completed += 1
+                    else:
+                        self.failed += 1
+                        await asyncio.sleep(0.2)
+            except (aiohttp.ClientError, TimeoutError):
+                self.failed += 1
+                await asyncio.sleep(0.2)
+
+    async def _main(self, clients: int) -> None:
+        connector = aiohttp.TCPConnector(limit=0)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            await asyncio.gather(*(self._client(i, session) for i in range(clients)))
+
+    def run(self, clients: int) -> threading.Thread:
+        thread = threading.Thread(target=asyncio.run, args=(self._main(clients),), daemon=True)
+        thread.start()
+        return thread
+
+
+@dataclass(frozen=True)
+class World:
+    api_client: client.ApiClient
+    namespace: str
+    pool: str
+    runner_dir: Path
+    operator: OperatorProcess
+    prometheus_root: Path
+    prometheus_url: str
+
+
+@pytest.fixture
+def world(
+    live_cluster: LiveCluster,
+    namespace: str,
+    tmp_path_factory: pytest.TempPathFactory,
+    request: pytest.FixtureRequest,
+) -> Iterator[World]:
+    api_client = live_cluster.api_client
+    _apply_crd(api_client)
+    tag = f"at{os.getpid()}"
+    pool = f"{tag}-l4"
+    fleet = gpu_nodes.parse_fleet(
+        {
+            "pools": [
+                {
+                    "name": pool,
+                    "count": 1,
+                    "gpuProduct": L4,
+                    "gpusPerNode": GPUS,
+                    "cpuCores": 48,
+                    "memoryGib": 192,
+                    "kubelet": "runner",
+                    "labels": {TEST_LABEL: tag},
+                }
+            ]
+        },
+        "test_autotune",
+    )
+    runner_dir = tmp_path_factory.mktemp("autotune-runner")
+    prometheus_root = tmp_path_factory.mktemp("autotune-prometheus")
+    operator: OperatorProcess | None = None
+    names: list[str] = []
+    try:
+        runner_mod.up(
+            [
+                "--kubeconfig",
+                str(live_cluster.kubeconfig),
+                "--state-dir",
+                str(runner_dir),
+                "--nodes-selector",
+                f"{gpu_nodes.KUBELET_LABEL}=runner,{TEST_LABEL}={tag}",
+                "--address-pool",
+                ADDRESS_POOL,
+                "--sim-speedup",
+                str(SPEEDUP),
+                "--probe-period",
+                "1",
+            ],
+            runner_dir,
+        )
+        names = node_apply.apply_nodes(api_client, gpu_nodes.build_fleet_nodes(fleet))
+        node_apply.wait_nodes_ready(api_client, names, timeout_seconds=30)
+        try:
+            server = prometheus.up(
+                prometheus_root,
+                runner_dir / "targets",
+                scrape_interval_seconds=SCRAPE_INTERVAL_SECONDS,
+            )
+        except prometheus.PrometheusError as exc:
+            pytest.fail(f"Prometheus could not start: {exc}", pytrace=False)
+        operator = OperatorProcess(
+            live_cluster.kubeconfig,
+            tmp_path_factory.mktemp("autotune-operator") / "operator.log",
+            env={
+                "SLMPACK_NAMESPACES": namespace,
+                "SLMPACK_PROMETHEUS_URL": server.url,
+                **OPERATOR_ENV,
+            },
+        )
+        operator.start()
+        yield World(api_client, namespace, pool, runner_dir, operator, prometheus_root, server.url)
+    finally:
+        report = getattr(request.node, "rep_call", None)
+        if report is None or report.failed:
+            print(runner_mod.log_tail(runner_dir, 60))
+            print(prometheus.log_tail(prometheus_root))
+            if operator is not None:
+                print(f"--- operator log ---\n{operator.log_tail(150)}")
+        if operator is not None:
+            operator.stop()
+        prometheus.down(prometheus_root)
+        runner_mod.down(runner_dir)
+        core = client.CoreV1Api(api_client)
+        for name in names:
+            try:
+                core.delete_node(name)
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise
+
+
+def _slmd(world: World) -> dict[str, Any]:
+    custom = client.CustomObjectsApi(world.api_client)
+    return cast(
+        dict[str, Any],
+        custom.get_namespaced_custom_object(GROUP, VERSION, world.namespace, PLURAL, NAME),
+    )
+
+
+def _autotune(world: World) -> dict[str, Any]:
+    return cast(dict[str, Any], (_slmd(world).get("status") or {}).get("autotune") or {})
+
+
+def _autotuned(world: World) -> dict[str, Any]:
+    conditions = (_slmd(world).get("status") or {}).get("conditions") or []
+    return next((c for c in conditions if c["type"] == "Autotuned"), {})
+
+
+def _ready_pods(world: World) -> list[str]:
+    pods = client.CoreV1Api(world.api_client).list_namespaced_pod(world.namespace).items
+    ready = []
+    for pod in pods:
+        conditions = (pod.status.conditions if pod.status else None) or []
+        if (
+            pod.status
+            and pod.status.pod_ip
+            and any(c.type == "Ready" and c.status == "True" for c in conditions)
+        ):
+            ready.append(str(pod.status.pod_ip))
+    return sorted(ready)
+
+
+def _deployment_replicas(world: World) -> int:
+    got = client.AppsV1Api(world.api_client).read_namespaced_deployment(NAME, world.namespace)
+    return int(got.spec.replicas)
+
+
+def _follow_endpoints(world: World, load: Load) -> threading.Thread:
+    def loop() -> None:
+        while not load.stop.is_set():
+            with contextlib.suppress(ApiException):
+                load.endpoints = _ready_pods(world)
+            load.stop.wait(1.0)
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    return thread
+
+
+def _history(world: World) -> str:
+    return json.dumps(_autotune(world).get("history"), indent=1)[:6000]
+
+
+def test_auto_mode_converges_follows_a_load_step_and_holds_without_prometheus(
+    world: World,
+) -> None:
+    spec = {
+        "model": {"uri": "hf://meta-llama/Llama-3.1-8B", "servedName": "llama"},
+        "gpu": {
+            "products": [L4],
+            "sharing": "Exclusive",
+            "nodeSelector": {gpu_nodes.POOL_LABEL: world.pool},
+        },
+        "autotune": {
+            "mode": "Auto",
+            "minReplicas": 1,
+            "maxReplicas": GPUS,
+            "objective": "Balanced",
+        },
+        "workload": {"meanInputTokens": 64, "meanOutputTokens": MAX_TOKENS},
+    }
+    client.CustomObjectsApi(world.api_client).create_namespaced_custom_object(
+        GROUP,
+        VERSION,
+        world.namespace,
+        PLURAL,
+        {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "SLMDeployment",
+            "metadata": {"name": NAME},
+            "spec": spec,
+        },
+    )
+    wait_for(lambda: len(_ready_pods(world)) == 1, "the first replica to be Ready", 90)
+    assert _deployment_replicas(world) == 1
+
+    load = Load()
+    _follow_endpoints(world, load)
+    load.run(clients=256)
+    try:
+        # 1. Light load: measured, steady, nothing moves.
+        load.concurrency = 6
+
+        def steady() -> bool:
+            decision = _autotune(world).get("lastDecision") or {}
+            return decision.get("reason") == "Steady"
+
+        wait_for(steady, "the autotuner to hold steady under a light load", 90)
+        assert _deployment_replicas(world) == 1, _history(world)
+        condition = _autotuned(world)
+        assert condition["status"] == "True", condition
+        inputs = (_autotune(world).get("lastDecision") or {}).get("inputs") or {}
+        assert inputs.get("throughputTokensPerSecondPerGPU", 0) > 0, inputs
+        assert _autotune(world)["state"]["measured"], "what it measured is kept in status"
+
+        # 2. A load step well past one GPU: scale out, and the new replicas serve.
+        load.concurrency = 256
+        wait_for(lambda: _deployment_replicas(world) >= 2, "a scale-out under the load step", 90)
+        scaled = _autotune(world)["history"]
+        assert any(e["action"] == "Scale" and e["reason"] == "LoadRose" for e in scaled), scaled
+        peak = wait_for(
+            lambda: len(_ready_pods(world)) >= 2 and len(_ready_pods(world)),
+            "new replicas Ready",
+            90,
+        )
+        served_before = load.completed
+        wait_for(lambda: load.completed > served_before + 50, "the scaled-out pods to serve", 60)
+
+        # 3. The load falls back: scale in, one GPU at a time, after the stabilisation window.
+        load.concurrency = 4
+        wait_for(lambda: _deployment_replicas(world) == 1, "a scale-in back to one GPU", 240)
+        history = _autotune(world)["history"]
+        scale_ins = [e for e in history if e["action"] == "Scale" and e["reason"] == "LoadFell"]
+        assert scale_ins, history
+        for entry in scale_ins:
+            assert entry["from"]["replicas"] - entry["to"]["replicas"] == 1, entry
+        print(f"peak ready replicas {peak}; decisions:\n{_history(world)}")
+
+        # 4. Prometheus stops while the load is heavy: hold, say why, change nothing.
+        prometheus.down(world.prometheus_root)
+        load.concurrency = 256
+        wait_for(
+            lambda: _autotuned(world).get("reason") == "PrometheusUnavailable",
+            "the Autotuned condition to report the outage",
+            30,
+        )
+        condition = _autotuned(world)
+        assert condition["status"] == "False"
+        time.sleep(20)  # five passes under a load that would scale out
+        assert _deployment_replicas(world) == 1, _history(world)
+        assert _autotuned(world)["reason"] == "PrometheusUnavailable"
+        # Raw: the client's model rejects the controller-manager's Events (no eventTime).
+        events = json.loads(
+            client.EventsV1Api(world.api_client)
+            .list_namespaced_event(world.namespace, _preload_content=False)
+            .data
+        )["items"]
+        reasons = {(e["reason"], e["type"]) for e in events if e.get("action") == "Autotune"}
+        assert ("PrometheusUnavailable", "Warning") in reasons, reasons
+        assert ("LoadRose", "Normal") in reasons, reasons
+    finally:
+        load.stop.set()
+    assert load.completed > 0
