@@ -19,6 +19,7 @@ from slmpack.controller.decide import (
 )
 from slmpack.controller.inventory import GpuOffer, cluster_offers
 from slmpack.errors import InvalidSpecError
+from slmpack.planner.plan import enumerate_candidates
 from slmpack.planner.types import SharingMode
 from slmpack.units import GIB
 
@@ -308,3 +309,42 @@ def test_decide_is_memoised_but_returns_equal_decisions() -> None:
 
     assert first == second
     assert math.ceil(first.replicas / first.candidate.replicas_per_gpu) == first.gpus
+
+
+def test_an_autotuned_packing_replaces_the_planners_pick_with_its_own_flags() -> None:
+    planned = _decide(H100, autotune={"mode": "Auto"})
+    other = next(
+        c
+        for c in enumerate_candidates(planned.request)
+        if c.key != planned.candidate.key and c.mode is SharingMode.EXCLUSIVE
+    )
+
+    tuned = decide(
+        spec(autotune={"mode": "Auto"}),
+        OPT_1_3B,
+        H100,
+        GPUS,
+        autotuned_replicas=3,
+        autotuned_packing=other.key,
+    )
+
+    assert tuned.autotuned
+    assert tuned.candidate.key == other.key
+    assert (tuned.replicas, tuned.pods, tuned.engines_per_pod) == (3, 3, 1)
+    assert f"--max-num-seqs {other.engine.max_num_seqs}" in " ".join(tuned.launch.args)
+    assert not planned.autotuned
+
+
+def test_an_autotuned_packing_the_plan_lacks_leaves_the_planners_pick() -> None:
+    planned = _decide(H100, autotune={"mode": "Auto"})
+
+    tuned = decide(
+        spec(autotune={"mode": "Auto"}),
+        OPT_1_3B,
+        H100,
+        GPUS,
+        autotuned_packing="MIG/1g.10gb x7 seqs=8",
+    )
+
+    assert not tuned.autotuned
+    assert tuned.candidate.key == planned.candidate.key
