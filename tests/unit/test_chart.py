@@ -394,7 +394,7 @@ def test_monitoring_objects_render_and_query_known_metrics() -> None:
     service = find(docs, "Service")
     assert monitor["spec"]["selector"]["matchLabels"] == service["spec"]["selector"]
     assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
-    pods = find(docs, "PodMonitor")
+    pods = find(docs, "PodMonitor", "rel-slmpack-vllm")
     assert pods["spec"]["selector"]["matchLabels"] == {
         "app.kubernetes.io/name": "vllm",
         "app.kubernetes.io/managed-by": "slmpack",

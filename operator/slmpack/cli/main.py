@@ -47,6 +47,12 @@ _PASSTHROUGH_COMMANDS = (
         "Serve dcgm-exporter metrics for the simulated GPUs.",
     ),
     (
+        "node-agent",
+        "slmpack.nodeagent.app:node_agent_main",
+        "Run the GPU node agent: NVML metrics per GPU and replica, and the node's GPU inventory"
+        " annotation.",
+    ),
+    (
         "load",
         "slmpack.loadgen.cli:load_main",
         "Drive open-loop OpenAI load and report throughput, latency and goodput.",
