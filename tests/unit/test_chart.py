@@ -20,6 +20,7 @@ import yaml
 
 from slmpack import metricnames
 from slmpack.autotune import policy, signals
+from slmpack.controller import tuning
 from slmpack.controller.metrics import OperatorMetrics
 from slmpack.controller.settings import load_settings
 from slmpack.devcluster import binaries
@@ -451,7 +452,9 @@ def test_autotune_recording_rules_come_from_the_autotuner_unchanged() -> None:
 def test_autotune_holding_alert_names_reasons_the_autotuner_has() -> None:
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     reasons = values["prometheusRule"]["autotuneHoldingReasons"]
-    assert set(reasons) <= {r.value for r in policy.Reason}
+    operator_reasons = {tuning.PROMETHEUS_REJECTED, tuning.PROMETHEUS_NOT_CONFIGURED}
+    assert set(reasons) <= {r.value for r in policy.Reason} | operator_reasons
+    assert set(reasons) >= tuning.NOT_WORKING_REASONS, "every reason that sets Autotuned False"
     assert not {"Steady", "Settling"} & set(reasons)  # normal holds do not page
 
 
@@ -467,14 +470,14 @@ def test_namespaced_pod_monitor_scrapes_only_the_watched_namespaces() -> None:
     assert selector == {"matchNames": ["team-a", "team-b"]}
 
 
-def test_network_policy_opens_only_metrics_health_dns_and_the_api_server() -> None:
+def test_network_policy_opens_only_metrics_health_dns_the_api_server_and_prometheus() -> None:
     policy = find(render(CHART / "ci" / "04-monitoring-values.yaml"), "NetworkPolicy")
     spec = policy["spec"]
     assert spec["policyTypes"] == ["Ingress", "Egress"]
     ingress_ports = {p["port"] for rule in spec["ingress"] for p in rule["ports"]}
     assert ingress_ports == {"metrics", "health"}
     egress_ports = {p["port"] for rule in spec["egress"] for p in rule["ports"]}
-    assert egress_ports == {6443, 53}
+    assert egress_ports == {6443, 53, 9090}
     assert spec["egress"][0]["to"] == [{"ipBlock": {"cidr": "10.0.0.1/32"}}]
 
 
