@@ -260,6 +260,11 @@ def test_every_example_validates_against_the_crd(
         assert kinds == {"SLMDeployment"}, example.name
 
 
+NODE_AGENT_HOST_PID_WARNING = (
+    'Warning: would violate PodSecurity "restricted:latest": host namespaces (hostPID=true)'
+)
+
+
 @pytest.mark.parametrize(
     "values_file", sorted((CHART / "ci").glob("*-values.yaml")), ids=lambda p: p.name[:-12]
 )
@@ -288,7 +293,12 @@ def test_rendered_chart_passes_server_side_dry_run(
         "kubectl", "apply", "--dry-run=server", "-n", namespace, "-f", "-", stdin=stream
     )
     assert result.stdout.count("(server dry run)") == len(checked), result.stdout
-    assert "PodSecurity" not in result.stderr, result.stderr
+    violations = {line for line in result.stderr.splitlines() if "PodSecurity" in line}
+    if "node-agent" in values_file.name:
+        # hostPID is the node agent's one privilege; nothing else may break "restricted".
+        assert violations == {NODE_AGENT_HOST_PID_WARNING}, result.stderr
+    else:
+        assert not violations, result.stderr
 
 
 # --- install -------------------------------------------------------------------------------------

@@ -80,6 +80,41 @@ def load_api_client(kubeconfig: str | None) -> client.ApiClient:
     return client.ApiClient(configuration)
 
 
+def call_json(
+    api_client: client.ApiClient,
+    method: str,
+    path: str,
+    query: list[tuple[str, str]] | None = None,
+    body: Any = None,
+    content_type: str | None = None,
+) -> dict[str, Any] | None:
+    """One request by path, JSON in and out: the generated clients know no apply patch and no
+    custom resources without a round of model classes. Raises ApiException on a non-2xx."""
+    headers = {"Accept": "application/json"}
+    if content_type:
+        headers["Content-Type"] = content_type
+    method, url, headers, payload, _ = api_client.param_serialize(
+        method=method,
+        resource_path=path,
+        query_params=query or [],
+        header_params=headers,
+        body=body,
+        auth_settings=["BearerToken"],
+    )
+    response = api_client.call_api(
+        method,
+        url,
+        header_params=headers,
+        body=payload,
+        _request_timeout=REQUEST_TIMEOUT_SECONDS,
+    )
+    response.read()  # type: ignore[no-untyped-call]
+    if not 200 <= response.status < 300:
+        raise ApiException(http_resp=response)
+    data = response.data
+    return json.loads(data) if data else None
+
+
 def is_temporary(err: ApiException) -> bool:
     """Errors time can fix: conflicts, throttling, timeouts and server-side failures."""
     return err.status in (0, 409, 429) or (err.status or 0) >= 500
@@ -106,29 +141,7 @@ class KubeApi:
         body: Any = None,
         content_type: str | None = None,
     ) -> dict[str, Any] | None:
-        headers = {"Accept": "application/json"}
-        if content_type:
-            headers["Content-Type"] = content_type
-        method, url, headers, payload, _ = self._client.param_serialize(
-            method=method,
-            resource_path=path,
-            query_params=query or [],
-            header_params=headers,
-            body=body,
-            auth_settings=["BearerToken"],
-        )
-        response = self._client.call_api(
-            method,
-            url,
-            header_params=headers,
-            body=payload,
-            _request_timeout=REQUEST_TIMEOUT_SECONDS,
-        )
-        response.read()  # type: ignore[no-untyped-call]
-        if not 200 <= response.status < 300:
-            raise ApiException(http_resp=response)
-        data = response.data
-        return json.loads(data) if data else None
+        return call_json(self._client, method, path, query, body, content_type)
 
     async def get(self, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
         """The object, or None when it does not exist."""

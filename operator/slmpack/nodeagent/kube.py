@@ -5,19 +5,16 @@ nodes: patch; charts/slmpack/templates/nodeagent-rbac.yaml).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
 
 from kubernetes import client
-from kubernetes.client.exceptions import ApiException
 
-from slmpack.controller.kube import APPLY_CONTENT_TYPE, load_api_client
+from slmpack.controller.kube import APPLY_CONTENT_TYPE, call_json, load_api_client
 
 #: Field manager of the agent's writes (one per component, house rule 7).
 FIELD_MANAGER = "slmpack-node-agent"
-REQUEST_TIMEOUT_SECONDS = 30
 
 
 class NodeApi:
@@ -40,29 +37,7 @@ class NodeApi:
         body: Any = None,
         content_type: str | None = None,
     ) -> dict[str, Any]:
-        headers = {"Accept": "application/json"}
-        if content_type:
-            headers["Content-Type"] = content_type
-        method, url, headers, payload, _ = self._client.param_serialize(
-            method=method,
-            resource_path=path,
-            query_params=query,
-            header_params=headers,
-            body=body,
-            auth_settings=["BearerToken"],
-        )
-        response = self._client.call_api(
-            method,
-            url,
-            header_params=headers,
-            body=payload,
-            _request_timeout=REQUEST_TIMEOUT_SECONDS,
-        )
-        response.read()  # type: ignore[no-untyped-call]
-        if not 200 <= response.status < 300:
-            raise ApiException(http_resp=response)
-        result: dict[str, Any] = json.loads(response.data) if response.data else {}
-        return result
+        return call_json(self._client, method, path, query, body, content_type) or {}
 
     def list_pods(self) -> list[Mapping[str, Any]]:
         """The pods bound to this node, in every namespace."""
