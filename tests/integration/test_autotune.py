@@ -28,17 +28,24 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from slmpack.devcluster import gpu_nodes, node_apply, prometheus
-from slmpack.devcluster import runner as runner_mod
+from slmpack.devcluster import gpu_nodes, prometheus
 from slmpack.devcluster.operator_process import OperatorProcess
 
 from .conftest import LiveCluster
 from .kube_helpers import wait_for
-from .test_runner import _apply_crd
+from .runner_world import (
+    GROUP,
+    PLURAL,
+    VERSION,
+    apply_crd,
+    failed,
+    print_logs,
+    runner_nodes,
+    start_prometheus,
+)
 
 pytestmark = pytest.mark.cluster
 
-GROUP, VERSION, PLURAL = "slmpack.dev", "v1alpha1", "slmdeployments"
 NAME = "tuned"
 L4 = "NVIDIA-L4"
 GPUS = 4
@@ -125,13 +132,19 @@ def world(
     tmp_path_factory: pytest.TempPathFactory,
     request: pytest.FixtureRequest,
 ) -> Iterator[World]:
-    api_client = live_cluster.api_client
-    _apply_crd(api_client)
+    apply_crd(live_cluster.api_client)
     tag = f"at{os.getpid()}"
     pool = f"{tag}-l4"
-    fleet = gpu_nodes.parse_fleet(
-        {
-            "pools": [
+    runner_dir = tmp_path_factory.mktemp("autotune-runner")
+    prometheus_root = tmp_path_factory.mktemp("autotune-prometheus")
+    operator: OperatorProcess | None = None
+    try:
+        with runner_nodes(
+            live_cluster,
+            runner_dir,
+            label=TEST_LABEL,
+            tag=tag,
+            pools=[
                 {
                     "name": pool,
                     "count": 1,
@@ -139,74 +152,38 @@ def world(
                     "gpusPerNode": GPUS,
                     "cpuCores": 48,
                     "memoryGib": 192,
-                    "kubelet": "runner",
-                    "labels": {TEST_LABEL: tag},
                 }
-            ]
-        },
-        "test_autotune",
-    )
-    runner_dir = tmp_path_factory.mktemp("autotune-runner")
-    prometheus_root = tmp_path_factory.mktemp("autotune-prometheus")
-    operator: OperatorProcess | None = None
-    names: list[str] = []
-    try:
-        runner_mod.up(
-            [
-                "--kubeconfig",
-                str(live_cluster.kubeconfig),
-                "--state-dir",
-                str(runner_dir),
-                "--nodes-selector",
-                f"{gpu_nodes.KUBELET_LABEL}=runner,{TEST_LABEL}={tag}",
-                "--address-pool",
-                ADDRESS_POOL,
-                "--sim-speedup",
-                str(SPEEDUP),
-                "--probe-period",
-                "1",
             ],
-            runner_dir,
-        )
-        names = node_apply.apply_nodes(api_client, gpu_nodes.build_fleet_nodes(fleet))
-        node_apply.wait_nodes_ready(api_client, names, timeout_seconds=30)
-        try:
-            server = prometheus.up(
-                prometheus_root,
-                runner_dir / "targets",
-                scrape_interval_seconds=SCRAPE_INTERVAL_SECONDS,
+            address_pool=ADDRESS_POOL,
+            sim_speedup=SPEEDUP,
+            runner_args=["--probe-period", "1"],
+        ):
+            server = start_prometheus(prometheus_root, runner_dir, SCRAPE_INTERVAL_SECONDS)
+            operator = OperatorProcess(
+                live_cluster.kubeconfig,
+                tmp_path_factory.mktemp("autotune-operator") / "operator.log",
+                env={
+                    "SLMPACK_NAMESPACES": namespace,
+                    "SLMPACK_PROMETHEUS_URL": server.url,
+                    **OPERATOR_ENV,
+                },
             )
-        except prometheus.PrometheusError as exc:
-            pytest.fail(f"Prometheus could not start: {exc}", pytrace=False)
-        operator = OperatorProcess(
-            live_cluster.kubeconfig,
-            tmp_path_factory.mktemp("autotune-operator") / "operator.log",
-            env={
-                "SLMPACK_NAMESPACES": namespace,
-                "SLMPACK_PROMETHEUS_URL": server.url,
-                **OPERATOR_ENV,
-            },
-        )
-        operator.start()
-        yield World(api_client, namespace, pool, runner_dir, operator, prometheus_root, server.url)
+            operator.start()
+            yield World(
+                live_cluster.api_client,
+                namespace,
+                pool,
+                runner_dir,
+                operator,
+                prometheus_root,
+                server.url,
+            )
     finally:
-        report = getattr(request.node, "rep_call", None)
-        if report is None or report.failed:
-            print(runner_mod.log_tail(runner_dir, 60))
-            print(prometheus.log_tail(prometheus_root))
-            if operator is not None:
-                print(f"--- operator log ---\n{operator.log_tail(150)}")
+        if failed(request):
+            print_logs(runner_dir, prometheus_root, operator, 150)
         if operator is not None:
             operator.stop()
         prometheus.down(prometheus_root)
-        runner_mod.down(runner_dir)
-        core = client.CoreV1Api(api_client)
-        for name in names:
-            try:
-                core.delete_node(name)
-            except ApiException as exc:
-                if exc.status != 404:
-                    raise
 
 
 def _slmd(world: World) -> dict[str, Any]:

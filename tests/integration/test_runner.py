@@ -19,23 +19,21 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
-import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from slmpack import metricnames
-from slmpack.devcluster import binaries, gpu_nodes, loopback, node_apply, processes, prometheus
+from slmpack.devcluster import gpu_nodes, loopback, processes, prometheus
 from slmpack.devcluster import runner as runner_mod
 from slmpack.devcluster.operator_process import OperatorProcess
 from slmpack.devcluster.podexec import RUNNER_POD_ENV
 
 from .conftest import LiveCluster
 from .kube_helpers import wait_for
+from .runner_world import GROUP, PLURAL, VERSION, apply_crd, query, runner_nodes
 
 pytestmark = pytest.mark.cluster
 
-GROUP, VERSION, PLURAL = "slmpack.dev", "v1alpha1", "slmdeployments"
-CRD_PATH = binaries.repo_root() / "crds" / "slmpack.dev_slmdeployments.yaml"
 H100 = "NVIDIA-H100-80GB-HBM3"
 #: 64 engines: 8 Packed pods of 8, one pod per GPU, on two 4-GPU runner nodes.
 REPLICAS = 64
@@ -70,84 +68,29 @@ class Observers:
     prometheus_root: Path
 
 
-def _apply_crd(api_client: client.ApiClient) -> None:
-    ext = client.ApiextensionsV1Api(api_client)
-    body = yaml.safe_load(CRD_PATH.read_text())
-    ext.patch_custom_resource_definition(
-        body["metadata"]["name"],
-        body,
-        field_manager="slmpack-tests",
-        force=True,
-        _content_type="application/apply-patch+yaml",
-    )
-
-    def established() -> bool:
-        got = ext.read_custom_resource_definition(body["metadata"]["name"])
-        conditions = (got.status.conditions if got.status else None) or []
-        return any(c.type == "Established" and c.status == "True" for c in conditions)
-
-    wait_for(established, "the SLMDeployment CRD to be established")
-
-
 @pytest.fixture(scope="module")
 def runner_world(
     live_cluster: LiveCluster, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[RunnerWorld]:
     """Two 4x H100 nodes and one time-sliced L4 node, played by a runner of their own."""
-    api_client = live_cluster.api_client
     tag = f"rt{os.getpid()}"
     h100, l4 = f"{tag}-h100", f"{tag}-l4"
-    common = {"kubelet": "runner", "labels": {TEST_LABEL: tag}}
-    fleet = gpu_nodes.parse_fleet(
-        {
-            "pools": [
-                {
-                    "name": h100,
-                    "count": NODES,
-                    "profile": "h100-80gb-x8",
-                    "gpusPerNode": GPUS_PER_NODE,
-                    **common,
-                },
-                {"name": l4, "count": 1, "profile": "l4-time-slicing", **common},
-            ]
-        },
-        "test_runner",
-    )
     runner_dir = tmp_path_factory.mktemp("runner")
-    names: list[str] = []
-    try:
-        runner_mod.up(
-            [
-                "--kubeconfig",
-                str(live_cluster.kubeconfig),
-                "--state-dir",
-                str(runner_dir),
-                "--nodes-selector",
-                f"{gpu_nodes.KUBELET_LABEL}=runner,{TEST_LABEL}={tag}",
-                "--address-pool",
-                ADDRESS_POOL,
-                "--sim-speedup",
-                str(SPEEDUP),
-                # 64 engines each rewriting its state 10 times a second cost a third of a core.
-                "--sim-publish-interval",
-                "0.5",
-                "--probe-period",
-                "1",
-            ],
-            runner_dir,
-        )
-        names = node_apply.apply_nodes(api_client, gpu_nodes.build_fleet_nodes(fleet))
-        node_apply.wait_nodes_ready(api_client, names, timeout_seconds=30)
+    with runner_nodes(
+        live_cluster,
+        runner_dir,
+        label=TEST_LABEL,
+        tag=tag,
+        pools=[
+            {"name": h100, "count": NODES, "profile": "h100-80gb-x8", "gpusPerNode": GPUS_PER_NODE},
+            {"name": l4, "count": 1, "profile": "l4-time-slicing"},
+        ],
+        address_pool=ADDRESS_POOL,
+        sim_speedup=SPEEDUP,
+        # 64 engines each rewriting its state 10 times a second cost a third of a core.
+        runner_args=["--sim-publish-interval", "0.5", "--probe-period", "1"],
+    ) as names:
         yield RunnerWorld(h100, l4, tuple(names), runner_dir)
-    finally:
-        runner_mod.down(runner_dir)
-        core = client.CoreV1Api(api_client)
-        for name in names:
-            try:
-                core.delete_node(name)
-            except ApiException as exc:
-                if exc.status != 404:
-                    raise
 
 
 @pytest.fixture(autouse=True)
@@ -169,7 +112,7 @@ def observers(
     request: pytest.FixtureRequest,
 ) -> Iterator[Observers]:
     """The operator (watching the test's namespace) and a place for Prometheus' data."""
-    _apply_crd(live_cluster.api_client)
+    apply_crd(live_cluster.api_client)
     operator = OperatorProcess(
         live_cluster.kubeconfig,
         tmp_path_factory.mktemp("operator") / "operator.log",
@@ -221,14 +164,6 @@ def _pod_processes(runner_dir: Path) -> dict[int, str]:
         if not owner.endswith(b"=") and b"=node:" not in owner and len(cmdline) > 2:
             out[pid] = cmdline[2].decode()
     return out
-
-
-def _query(url: str, promql: str) -> dict[str, float]:
-    """An instant vector as {the series' labels as JSON: value}."""
-    return {
-        json.dumps(sample["metric"], sort_keys=True): float(sample["value"][1])
-        for sample in prometheus.query(url, promql)
-    }
 
 
 def test_sixty_four_packed_replicas_serve_on_loopback_and_prometheus_sees_them(
@@ -338,13 +273,13 @@ def test_sixty_four_packed_replicas_serve_on_loopback_and_prometheus_sees_them(
     engines = f'last_over_time({tokens}{{namespace="{namespace}"}}[1m])'
 
     def all_engines_scraped() -> dict[str, float] | None:
-        found = _query(server.url, f"count({engines})")
+        found = query(server.url, f"count({engines})")
         return found if list(found.values()) == [float(REPLICAS)] else None
 
     try:
         wait_for(all_engines_scraped, "Prometheus to scrape all 64 engines", 30)
     except AssertionError as exc:
-        count = _query(server.url, f"count({engines})")
+        count = query(server.url, f"count({engines})")
         unhealthy = [
             (t["scrapeUrl"], t["health"], t["lastError"], t.get("lastScrapeDuration"))
             for t in prometheus.active_targets(server.url)
@@ -353,7 +288,7 @@ def test_sixty_four_packed_replicas_serve_on_loopback_and_prometheus_sees_them(
         raise AssertionError(f"{exc}: count {count}, targets not up: {unhealthy}") from exc
     per_pod = {
         json.loads(labels)["pod"]: value
-        for labels, value in _query(server.url, f"sum by (pod) ({engines})").items()
+        for labels, value in query(server.url, f"sum by (pod) ({engines})").items()
     }
     assert len(per_pod) == len(pods)
     assert {pod for pod, value in per_pod.items() if value >= 32} == served_pods
@@ -377,7 +312,7 @@ def test_sixty_four_packed_replicas_serve_on_loopback_and_prometheus_sees_them(
     wait_for(energy_rose, "every simulated GPU's energy counter to rise", 15)
 
     def operator_scraped() -> dict[str, float] | None:
-        found = _query(server.url, 'up{job="slmpack-operator"}')
+        found = query(server.url, 'up{job="slmpack-operator"}')
         return found if list(found.values()) == [1.0] else None
 
     wait_for(operator_scraped, "Prometheus to scrape the operator", 15)

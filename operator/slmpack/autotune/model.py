@@ -9,7 +9,9 @@ saturated `PerfPoint`, two curves computed once per plan:
 - the mean decode step of one replica against its running batch (`step_curve`), and
 - TTFT and ITL p99 against the load, as a share of saturated capacity (`LOAD_GRID`).
 
-Power at load ρ is idle + ρ (saturated - idle), the planner's activity-linear power model.
+Power at load ρ follows the planner's activity model at the batch that carries ρ
+(`_power_curve`): continuous batching keeps the engine stepping at partial load, so power stays
+near its saturated value until the batch nears one sequence, not on a line from idle.
 
 What is measured. In one window at a packing: output tokens/s and running sequences per
 replica, p99 latencies, and attributed power. Each replica emits one token per running
@@ -47,6 +49,7 @@ from slmpack.planner.perf import (
     colocated_cycle,
     default_perf_params,
     engine_step,
+    power_watts,
 )
 from slmpack.planner.plan import PlanRequest, enumerate_candidates
 from slmpack.planner.types import Candidate, SharingMode
@@ -144,6 +147,8 @@ class PriorPoint:
     ttft_p99_s: tuple[float, ...]  # at LOAD_GRID
     itl_p99_s: tuple[float, ...]  # at LOAD_GRID
     idle_power_watts: float
+    #: Board power at LOAD_GRID; empty: a straight line from idle to saturated.
+    power_curve_watts: tuple[float, ...] = ()
 
     @functools.cached_property
     def packing(self) -> Packing:
@@ -178,7 +183,13 @@ class PriorPoint:
     def power_watts(self, load_ratio: float) -> float:
         saturated = self.candidate.perf.power_watts
         load = min(max(load_ratio, 0.0), 1.0)
-        return self.idle_power_watts + load * (saturated - self.idle_power_watts)
+        if not self.power_curve_watts:
+            return self.idle_power_watts + load * (saturated - self.idle_power_watts)
+        return _interpolate(
+            (0.0, *LOAD_GRID, 1.0),
+            (self.idle_power_watts, *self.power_curve_watts, saturated),
+            load,
+        )
 
 
 @dataclass(frozen=True)
@@ -229,6 +240,49 @@ def _step_curve(
     return tuple(out)
 
 
+def _power_curve(
+    request: PlanRequest, candidate: Candidate, params: PerfParams
+) -> tuple[float, ...]:
+    """Board power at each load of LOAD_GRID, by the planner's activity model.
+
+    Continuous batching keeps an engine stepping at partial load, only with a smaller batch:
+    the weights are still read every step, so the busy ratio, and with it the power, stays
+    close to saturation until the batch nears one sequence. A straight line from idle to the
+    saturated power would put a lightly loaded packing far below what it draws, and a power
+    factor fitted there would misjudge the same packing at 0.75. At load rho the batch b
+    carries rho of the saturated rate per replica (b / step(b)); the engine has work a share
+    1 - exp(-b) of the time; engines combine as in `perf.predict`.
+    """
+    gpu = request.gpu
+    device = _device(request, candidate)
+    mig = candidate.mode is SharingMode.MIG
+    engines = 1 if mig else candidate.replicas_per_gpu
+    replicas = candidate.replicas_per_gpu
+    top = max(1.0, candidate.perf.effective_batch_per_replica)
+    per_replica_capacity = candidate.perf.output_tokens_per_s / replicas
+    batches = [top ** (i / (STEP_CURVE_POINTS - 1)) for i in range(STEP_CURVE_POINTS)]
+    batches = [b / 8 for b in (1.0, 2.0, 4.0)] + batches  # below one sequence: idle gaps
+    rates, busy, traffic = [], [], []
+    for batch in batches:
+        step = engine_step(request.model, candidate.engine, request.workload, device, params,
+                           batch)  # fmt: skip
+        cycle = colocated_cycle(step, engines, candidate.mode, device, params)
+        active = 1.0 - math.exp(-batch)
+        rates.append(batch / cycle.cycle_s)
+        busy.append(min(1.0, cycle.gpu_phase_s / cycle.cycle_s) * active)
+        traffic.append(step.bytes_moved / cycle.cycle_s * active)
+    out = []
+    for load in LOAD_GRID:
+        rate = load * per_replica_capacity
+        one = _interpolate(rates, busy, rate)
+        device_busy = 1.0 - (1.0 - one) ** engines
+        slices = device.flops_per_s * (replicas if mig else 1) / gpu.bf16_dense_flops
+        dram = min(1.0, replicas * _interpolate(rates, traffic, rate)
+                   / gpu.memory_bandwidth_bytes_per_s)  # fmt: skip
+        out.append(power_watts(gpu, dram, min(1.0, device_busy * slices), params))
+    return tuple(out)
+
+
 @functools.lru_cache(maxsize=64)
 def build_prior(request: PlanRequest, params: PerfParams | None = None) -> Prior:
     """The prior for every packing the planner enumerates for `request` (cached per request:
@@ -248,6 +302,7 @@ def build_prior(request: PlanRequest, params: PerfParams | None = None) -> Prior
                 ttft_p99_s=tuple(perfs[candidate.key].ttft_p99_s for perfs in by_load),
                 itl_p99_s=tuple(perfs[candidate.key].itl_p99_s for perfs in by_load),
                 idle_power_watts=request.gpu.idle_watts,
+                power_curve_watts=_power_curve(request, candidate, params),
             )
         )
     return Prior(tuple(points))
