@@ -337,6 +337,21 @@ async def test_a_load_rise_scales_out_and_the_reconciler_follows(snapshots: list
     assert deployment["spec"]["replicas"] * world.planned.engines_per_pod == world.planned.replicas
     events = [e for e in world.fake.created if e.get("action") == "Autotune"]
     assert [e["reason"] for e in events] == ["Settling", "LoadRose"]
+    registry = world.controller.metrics.registry
+    labels = {"namespace": KEY[0], "name": KEY[1]}
+    measured = registry.get_sample_value(
+        "slmpack_autotune_measured_tokens_per_second_per_gpu", labels
+    )
+    assert measured is not None
+    assert measured > 0
+    assert registry.get_sample_value("slmpack_operator_planned_gpus", labels) == (
+        world.planned.gpus
+    )
+    decisions = registry.get_sample_value(
+        "slmpack_autotune_decisions_total",
+        labels | {"action": "Scale", "reason": "LoadRose"},
+    )
+    assert decisions == 1
 
 
 async def test_recommend_reports_the_target_but_the_reconciler_ignores_it(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -103,3 +104,14 @@ def test_bad_autotune_values_are_refused_with_the_field_named(
 
     assert result.returncode != 0
     assert message in result.stderr, result.stderr
+
+
+def test_dashboard_shows_throughput_per_gpu_energy_packing_and_decisions() -> None:
+    docs = render(**{"dashboard.enabled": "true"})
+    board = json.loads(find(docs, "ConfigMap")["data"]["slmpack-overview.json"])
+    exprs = {p["title"]: " ".join(t["expr"] for t in p.get("targets", [])) for p in board["panels"]}
+
+    assert "slmpack_autotune_measured_tokens_per_second_per_gpu" in exprs["Throughput per GPU"]
+    assert "slmpack_autotune_measured_tokens_per_joule" in exprs["Tokens per joule"]
+    assert "slmpack_operator_replicas_per_gpu" in exprs["Replicas per GPU and GPUs"]
+    assert "slmpack_autotune_decisions_total" in exprs["Autotuner decisions"]

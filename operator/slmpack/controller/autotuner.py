@@ -167,6 +167,7 @@ class Autotuner:
             self._due.pop(key, None)
             self._states.pop(key, None)
             self.controller.metrics.set_conditions(*key, (), scope="autotuner")
+            self.controller.metrics.set_measured(*key, {})
 
     async def _peering_allows(self) -> bool:
         namespaces = self.settings.namespaces
@@ -281,6 +282,9 @@ class Autotuner:
             [(result.condition.type, result.condition.status, result.condition.reason)],
             scope="autotuner",
         )
+        inputs = result.entry.get("inputs")
+        if inputs is not None:
+            metrics.set_measured(*key, inputs)
         if result.news:
             metrics.autotune_decisions.labels(
                 *key, result.entry["action"], result.entry["reason"]

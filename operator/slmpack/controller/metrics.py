@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -54,6 +55,36 @@ class OperatorMetrics:
             ["namespace", "name"],
             registry=self.registry,
         )
+        self.planned_gpus = Gauge(
+            "slmpack_operator_planned_gpus",
+            "GPUs (or MIG-instance groups) planned, by SLMDeployment.",
+            ["namespace", "name"],
+            registry=self.registry,
+        )
+        self.replicas_per_gpu = Gauge(
+            "slmpack_operator_replicas_per_gpu",
+            "vLLM replicas per GPU of the running packing, by SLMDeployment.",
+            ["namespace", "name"],
+            registry=self.registry,
+        )
+        self.measured_tokens_per_second_per_gpu = Gauge(
+            "slmpack_autotune_measured_tokens_per_second_per_gpu",
+            "Tokens (prompt and generated) per second per GPU the autotuner last measured.",
+            ["namespace", "name"],
+            registry=self.registry,
+        )
+        self.measured_tokens_per_joule = Gauge(
+            "slmpack_autotune_measured_tokens_per_joule",
+            "Generated tokens per joule the autotuner last measured (attributed GPU energy).",
+            ["namespace", "name"],
+            registry=self.registry,
+        )
+        self.utilisation_ratio = Gauge(
+            "slmpack_autotune_utilisation_ratio",
+            "Demand over the estimated capacity of the running packing, as last measured.",
+            ["namespace", "name"],
+            registry=self.registry,
+        )
         self.autotune_passes = Counter(
             "slmpack_autotune_passes",
             "Autotuner passes, by the decision's reason (Steady, LoadRose, PrometheusUnavailable,"
@@ -87,6 +118,30 @@ class OperatorMetrics:
             self.conditions.labels(*labels).set(1)
         self._condition_series[(namespace, name, scope)] = current
 
+    @property
+    def autotune_gauges(self) -> tuple[Gauge, ...]:
+        return (
+            self.measured_tokens_per_second_per_gpu,
+            self.measured_tokens_per_joule,
+            self.utilisation_ratio,
+        )
+
+    def set_measured(self, namespace: str, name: str, inputs: Mapping[str, Any]) -> None:
+        """The autotuner's last measurement (a decision's inputs); absent figures are removed,
+        so a panel shows a gap rather than a stale value."""
+        fields = (
+            (self.measured_tokens_per_second_per_gpu, "throughputTokensPerSecondPerGPU"),
+            (self.measured_tokens_per_joule, "tokensPerJoule"),
+            (self.utilisation_ratio, "utilisationRatio"),
+        )
+        for gauge, key in fields:
+            value = inputs.get(key)
+            if isinstance(value, int | float):
+                gauge.labels(namespace, name).set(value)
+            else:
+                with contextlib.suppress(KeyError):
+                    gauge.remove(namespace, name)
+
     def count_write(self, kind: str, verb: str) -> None:
         self.api_writes.labels(kind=kind, verb=verb).inc()
 
@@ -94,6 +149,12 @@ class OperatorMetrics:
         for scope in ("operator", "autotuner"):
             self.set_conditions(namespace, name, (), scope)
             self._condition_series.pop((namespace, name, scope), None)
-        for gauge in (self.planned_replicas, self.ready_replicas):
+        for gauge in (
+            self.planned_replicas,
+            self.ready_replicas,
+            self.planned_gpus,
+            self.replicas_per_gpu,
+            *self.autotune_gauges,
+        ):
             with contextlib.suppress(KeyError):
                 gauge.remove(namespace, name)

@@ -291,6 +291,8 @@ class Controller:
         await self._report_plan(body, previous, generation, spec, decision, rollout)
         self.metrics.planned_replicas.labels(*key).set(decision.replicas)
         self.metrics.ready_replicas.labels(*key).set(rollout.ready_replicas)
+        self.metrics.planned_gpus.labels(*key).set(decision.gpus)
+        self.metrics.replicas_per_gpu.labels(*key).set(decision.candidate.replicas_per_gpu)
         return "ok"
 
     async def _decide(
