@@ -415,3 +415,31 @@ DCGM_DRAM_ACTIVE = _dcgm(
     MetricKind.GAUGE,
     "Ratio of cycles the device memory interface is active sending or receiving data.",
 )
+
+
+# --- the slmpack node agent (slmpack.nodeagent; docs/nodeagent.md) ----------------------------
+
+#: Labels of the agent's per-GPU series, as dcgm-exporter names them so the two join.
+NODE_AGENT_GPU_LABELS = (DCGM_LABEL_GPU, DCGM_LABEL_UUID)
+#: Labels of its per-replica series: `namespace` and `pod` are the vLLM pod's own, kept by
+#: scraping with honor_labels, so they join the vLLM series on (namespace, pod).
+NODE_AGENT_REPLICA_LABELS = (
+    DCGM_LABEL_NAMESPACE,
+    DCGM_LABEL_POD,
+    DCGM_LABEL_CONTAINER,
+    *NODE_AGENT_GPU_LABELS,
+    DCGM_LABEL_MIG_INSTANCE,
+)
+NODE_AGENT_GPU_ENERGY = MetricSpec(
+    "slmpack_gpu_energy_joules",
+    MetricKind.COUNTER,
+    "Energy since the driver loaded (nvmlDeviceGetTotalEnergyConsumption).",
+    NODE_AGENT_GPU_LABELS,
+)
+NODE_AGENT_REPLICA_ENERGY = MetricSpec(
+    "slmpack_replica_energy_joules",
+    MetricKind.COUNTER,
+    "GPU energy attributed to the container; method says how the GPU's energy was split "
+    "(sm_utilization, memory or even; docs/nodeagent.md). Sum over method for the total.",
+    (*NODE_AGENT_REPLICA_LABELS, "method"),
+)

@@ -11,25 +11,23 @@ Nothing is skipped: a failure prints the runner's, Prometheus' and the operator'
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
-import random
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
-import aiohttp
 import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from slmpack.devcluster import gpu_nodes, prometheus
 from slmpack.devcluster.operator_process import OperatorProcess
+from slmpack.loadgen.closed_loop import ClosedLoop
 
 from .conftest import LiveCluster
 from .kube_helpers import wait_for
@@ -66,52 +64,6 @@ OPERATOR_ENV = {
 }
 MAX_TOKENS = 48
 PROMPT = "Pack the GPUs until the tokens per joule stop rising. " * 6
-
-
-@dataclass
-class Load:
-    """A closed loop of `concurrency` clients, each sending the next completion (non-streaming,
-    so the host's cost is per request rather than per token) to a random Ready pod."""
-
-    endpoints: list[str] = field(default_factory=list)
-    concurrency: int = 0
-    completed: int = 0
-    failed: int = 0
-    stop: threading.Event = field(default_factory=threading.Event)
-
-    async def _client(self, index: int, session: aiohttp.ClientSession) -> None:
-        rng = random.Random(index)
-        while not self.stop.is_set():
-            targets = list(self.endpoints)
-            if index >= self.concurrency or not targets:
-                await asyncio.sleep(0.2)
-                continue
-            body = {"model": "llama", "prompt": PROMPT, "max_tokens": MAX_TOKENS}
-            try:
-                async with session.post(
-                    f"http://{rng.choice(targets)}:8000/v1/completions",
-                    json=body,
-                    timeout=aiohttp.ClientTimeout(total=60),
-                ) as reply:
-                    await reply.read()
-                    if reply.status == 200:
-                        self.completed += 1
-                    else:
-                        self.failed += 1
-                        await asyncio.sleep(0.2)
-            except (aiohttp.ClientError, TimeoutError):
-                self.failed += 1
-                await asyncio.sleep(0.2)
-
-    async def _main(self, clients: int) -> None:
-        connector = aiohttp.TCPConnector(limit=0)
-        async with aiohttp.ClientSession(connector=connector) as session:
-            await asyncio.gather(*(self._client(i, session) for i in range(clients)))
-
-    def run(self, clients: int) -> threading.Thread:
-        thread = threading.Thread(target=asyncio.run, args=(self._main(clients),), daemon=True)
-        thread.start()
-        return thread
 
 
 @dataclass(frozen=True)
@@ -222,16 +174,14 @@ def _deployment_replicas(world: World) -> int:
     return int(got.spec.replicas)
 
 
-def _follow_endpoints(world: World, load: Load) -> threading.Thread:
+def _follow_endpoints(world: World, load: ClosedLoop, stop: threading.Event) -> None:
     def loop() -> None:
-        while not load.stop.is_set():
+        while not stop.is_set():
             with contextlib.suppress(ApiException):
-                load.endpoints = _ready_pods(world)
-            load.stop.wait(1.0)
+                load.endpoints = [f"http://{ip}:8000" for ip in _ready_pods(world)]
+            stop.wait(1.0)
 
-    thread = threading.Thread(target=loop, daemon=True)
-    thread.start()
-    return thread
+    threading.Thread(target=loop, daemon=True).start()
 
 
 def _history(world: World) -> str:
@@ -271,9 +221,10 @@ def test_auto_mode_converges_follows_a_load_step_and_holds_without_prometheus(
     wait_for(lambda: len(_ready_pods(world)) == 1, "the first replica to be Ready", 90)
     assert _deployment_replicas(world) == 1
 
-    load = Load()
-    _follow_endpoints(world, load)
-    load.run(clients=256)
+    load = ClosedLoop(model="llama", prompt=PROMPT, max_tokens=MAX_TOKENS)
+    stop = threading.Event()
+    _follow_endpoints(world, load, stop)
+    load.start(max_concurrency=256)
     try:
         # 1. Light load: measured, steady, nothing moves.
         load.concurrency = 6
@@ -336,5 +287,6 @@ def test_auto_mode_converges_follows_a_load_step_and_holds_without_prometheus(
         assert ("PrometheusUnavailable", "Warning") in reasons, reasons
         assert ("LoadRose", "Normal") in reasons, reasons
     finally:
-        load.stop.set()
+        stop.set()
+        load.stop()
     assert load.completed > 0

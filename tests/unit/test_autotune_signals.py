@@ -187,3 +187,37 @@ def test_windows_are_whole_minutes_or_seconds() -> None:
     assert signals.duration(90) == "90s"
     with pytest.raises(ValueError, match="at least one second"):
         signals.duration(0)
+
+
+def test_agent_energy_sums_the_replica_counters_of_this_deployments_pods() -> None:
+    (query,) = [q for q in raw_queries(REF) if q.signal is Signal.AGENT_ENERGY_WATTS]
+
+    assert "rate(slmpack_replica_energy_joules_total[1m])" in query.promql
+    # The agent's series have no deployment label: joined on the vLLM pods that do.
+    assert "* on (namespace, pod) group_left() group by (namespace, pod)" in query.promql
+    assert 'vllm:num_requests_running{namespace="team-a",slmpack_dev_deployment="chat"}' in (
+        query.promql
+    )
+    (recorded,) = [q for q in recorded_queries(REF) if q.signal is Signal.AGENT_ENERGY_WATTS]
+    assert recorded.promql == (
+        'sum(slmpack:deployment_agent_energy:watts1m{namespace="team-a",'
+        'slmpack_dev_deployment="chat"})'
+    )
+
+
+def test_the_policy_prefers_the_agents_energy_to_the_token_share() -> None:
+    from slmpack.autotune.model import Packing
+    from slmpack.autotune.policy import Observation, RunningConfig
+    from slmpack.autotune.snapshot import Snapshot
+    from slmpack.planner.types import SharingMode
+
+    running = RunningConfig(Packing(SharingMode.PACKED, 4, 64), 4, 4)
+    dcgm = {Signal.ATTRIBUTED_ENERGY_WATTS: 300.0, Signal.ATTRIBUTED_POWER_WATTS: 310.0}
+
+    with_agent = Snapshot(REF, 0.0, 60, {**dcgm, Signal.AGENT_ENERGY_WATTS: 250.0})
+    without = Snapshot(REF, 0.0, 60, dcgm)
+    power_only = Snapshot(REF, 0.0, 60, {Signal.ATTRIBUTED_POWER_WATTS: 310.0})
+
+    assert Observation.from_snapshot(with_agent, running).attributed_watts == 250.0
+    assert Observation.from_snapshot(without, running).attributed_watts == 300.0
+    assert Observation.from_snapshot(power_only, running).attributed_watts == 310.0

@@ -267,8 +267,13 @@ def test_plan_status_reports_the_decision() -> None:
     assert plan.max_num_seqs == chosen.engine.max_num_seqs
     assert plan.vllm_args == DECISION.launch.args
     assert plan.predicted is not None
-    assert plan.predicted.tokens_per_second_per_gpu == round(chosen.perf.total_tokens_per_s)
+    # Output tokens, as the CRD documents; the planner's total counts the prompts too.
+    assert plan.predicted.tokens_per_second_per_gpu == round(chosen.perf.output_tokens_per_s)
+    assert plan.predicted.tokens_per_second_per_gpu < chosen.perf.total_tokens_per_s
     assert plan.predicted.power_watts == round(chosen.perf.power_watts)
+    assert plan.predicted.tokens_per_joule == (
+        f"{chosen.perf.output_tokens_per_s / chosen.perf.power_watts:.2f}"
+    )
     # Pinned to 2 per GPU, the plan has no one-per-GPU point to compare with.
     assert DECISION.exclusive_baseline is None
     assert plan.predicted.gain_over_exclusive is None

@@ -348,3 +348,79 @@ def test_an_autotuned_packing_the_plan_lacks_leaves_the_planners_pick() -> None:
 
     assert not tuned.autotuned
     assert tuned.candidate.key == planned.candidate.key
+
+
+# --- GPU memory the node agent measured ----------------------------------------------------
+
+
+def test_measured_memory_below_the_catalogues_sizes_the_plan() -> None:
+    from dataclasses import replace
+
+    from slmpack.controller.decide import MemorySource
+    from slmpack.controller.status import plan_status
+
+    catalogue = _decide(H100, replicas=2)
+    (offer,) = H100
+    smaller = 60 * GIB
+    measured = _decide((replace(offer, measured_memory_bytes=smaller),), replicas=2)
+
+    assert catalogue.memory_source is MemorySource.CATALOG
+    assert catalogue.device_memory_bytes == GPUS.get(offer.product).memory_bytes
+    assert measured.memory_source is MemorySource.MEASURED
+    assert measured.gpu.memory_bytes == measured.device_memory_bytes == smaller
+    assert measured.request.gpu.memory_bytes == smaller
+    # vLLM's fraction is of the memory that is there: the same footprint is a larger share.
+    assert measured.launch.args != catalogue.launch.args
+    status = plan_status(measured, "opt")
+    assert (status.gpu_memory_bytes, status.gpu_memory_source) == (smaller, "Measured")
+    assert plan_status(catalogue, "opt").gpu_memory_source == "Catalog"
+
+
+def test_measured_memory_at_or_above_the_catalogues_changes_nothing() -> None:
+    from dataclasses import replace
+
+    from slmpack.controller.decide import MemorySource
+
+    (offer,) = H100
+    same = GPUS.get(offer.product).memory_bytes
+    plain = _decide(H100, replicas=2)
+    measured = _decide((replace(offer, measured_memory_bytes=same + GIB),), replicas=2)
+
+    assert measured.memory_source is MemorySource.CATALOG
+    assert measured.gpu == plain.gpu
+    assert measured.launch == plain.launch
+
+
+def test_measured_mig_instance_memory_sizes_a_mig_plan() -> None:
+    from dataclasses import replace
+
+    from slmpack.controller.decide import MemorySource
+
+    offers = tuple(
+        replace(o, measured_mig_memory_bytes=8 * GIB) if o.mig_profile == "2g.10gb" else o
+        for o in A100_MIG
+    )
+    decision = _decide(offers, gpu={"sharing": "MIG", "migProfile": "2g.10gb"})
+
+    assert decision.memory_source is MemorySource.MEASURED
+    assert decision.device_memory_bytes == 8 * GIB
+    assert decision.gpu.mig_profile("2g.10gb").memory_bytes == 8 * GIB
+    # The whole GPU and the other profiles keep the catalogue's figures.
+    catalogue = GPUS.get("NVIDIA-A100-SXM4-40GB")
+    assert decision.gpu.memory_bytes == catalogue.memory_bytes
+    assert decision.gpu.mig_profile("3g.20gb") == catalogue.mig_profile("3g.20gb")
+
+
+def test_measured_plans_stay_memoised() -> None:
+    from dataclasses import replace
+
+    from slmpack.controller import decide as decide_mod
+
+    (offer,) = H100
+    offers = (replace(offer, measured_memory_bytes=70 * GIB),)
+    _decide(offers, replicas=2)
+    hits = decide_mod._cached_plan.cache_info().hits
+    again = _decide(offers, replicas=2)
+
+    assert decide_mod._cached_plan.cache_info().hits == hits + 1
+    assert hash(again.request) == hash(again.request)

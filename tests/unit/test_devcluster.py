@@ -237,3 +237,55 @@ def test_cli_nodes_with_a_bad_fleet_explains_the_problem(tmp_path: Path, cache: 
 
     assert result.exit_code == 1
     assert "gpusPerNode must be at least 1" in result.output
+
+
+def test_the_runner_starts_a_node_agent_over_the_simulated_gpus(tmp_path: Path) -> None:
+    from slmpack.devcluster import runner
+    from slmpack.devcluster.gpu_devices import node_gpus
+    from slmpack.devcluster.podexec import (
+        RUNNER_DIR_ENV,
+        RUNNER_POD_ENV,
+        EngineKind,
+        EngineSettings,
+    )
+    from slmpack.nodeagent.app import DEFAULT_PORT, build_parser
+
+    labels = {
+        "nvidia.com/gpu.present": "true",
+        "nvidia.com/gpu.product": "NVIDIA-A100-SXM4-40GB",
+        "nvidia.com/gpu.count": "2",
+        "nvidia.com/mig.config": "all-3g.20gb",
+    }
+    gpus = node_gpus(labels, {"nvidia.com/gpu": "2", "nvidia.com/mig-3g.20gb": "4"})
+    assert gpus is not None
+    config = runner.RunnerConfig(
+        kubeconfig=tmp_path / "kubeconfig",
+        state_dir=tmp_path / "runner",
+        engine=EngineSettings(EngineKind.SIM, python="/venv/bin/python", sim_speedup=5.0),
+        base_env={"PATH": "/bin"},
+        node_agent=True,
+    )
+
+    command = runner.node_agent_command(
+        "a100-0", gpus, "127.64.3.1", tmp_path / "sim", 40000, config
+    )
+
+    assert command.argv[:3] == ("/venv/bin/python", "-m", "slmpack.nodeagent")
+    args = build_parser().parse_args(list(command.argv[3:]))
+    assert (args.node_name, args.host, args.port) == ("a100-0", "127.64.3.1", DEFAULT_PORT)
+    assert runner.NODE_AGENT_PORT == DEFAULT_PORT
+    assert (args.nvml_sim, args.sim_gpu, args.sim_gpu_count) == (
+        tmp_path / "sim",
+        "NVIDIA-A100-SXM4-40GB",
+        2,
+    )
+    assert (args.sim_speedup, args.sim_memory_mib) == (5.0, 40000)
+    assert args.kubeconfig == str(tmp_path / "kubeconfig")
+    assert args.annotate is True
+    assert args.sim_mig_device == [f"{g}:3g.20gb:{i}" for g in (0, 1) for i in (0, 1)]
+    # Marked as the runner's, so a later runner stops it; not a pod's process.
+    assert command.env[RUNNER_DIR_ENV] == str(tmp_path / "runner")
+    assert command.env[RUNNER_POD_ENV] == "node:a100-0"
+    # Opt-in: existing worlds keep their processes and their CPU budget.
+    default = runner.RunnerConfig(config.kubeconfig, config.state_dir, config.engine)
+    assert default.node_agent is False

@@ -217,3 +217,105 @@ def test_cordoned_node_drops_out_of_the_merge() -> None:
     (offer,) = cluster_offers([FLEET["h100-0"], cordoned])
 
     assert (offer.nodes, offer.allocatable) == (("h100-0",), 8)
+
+
+# --- memory the node agent measured (its slmpack.dev/gpu-inventory annotation) -------------
+
+
+def _annotated(
+    node: dict[str, Any], product: str, memory: list[int | None], mig: dict[str, int] | None = None
+) -> dict[str, Any]:
+    from slmpack.nodeagent.inventory import (
+        ANNOTATION_KEY,
+        SCHEMA_VERSION,
+        GpuInventory,
+        MigDeviceInventory,
+        NodeGpuInventory,
+        annotation_value,
+    )
+    from slmpack.nodeagent.readings import MigMode
+
+    devices = tuple(
+        MigDeviceInventory(n + 1, 0, profile, f"MIG-{n}", size)
+        for n, (profile, size) in enumerate((mig or {}).items())
+    )
+    inventory = NodeGpuInventory(
+        SCHEMA_VERSION,
+        "550.127.08",
+        "12.4",
+        tuple(
+            GpuInventory(
+                i,
+                f"GPU-{i}",
+                product,
+                size,
+                MigMode.ENABLED if devices else MigMode.DISABLED,
+                devices,
+            )
+            for i, size in enumerate(memory)
+        ),
+    )
+    node = copy.deepcopy(node)
+    node["metadata"].setdefault("annotations", {})[ANNOTATION_KEY] = annotation_value(inventory)
+    return node
+
+
+def test_an_offer_carries_the_smallest_memory_the_agent_measured() -> None:
+    mib = 1024**2
+    node = _annotated(FLEET["h100-0"], "NVIDIA-H100-80GB-HBM3", [81559 * mib, 80000 * mib, None])
+
+    offer = _only(node_offers(node))
+
+    assert offer.measured_memory_bytes == 80000 * mib
+    assert offer.measured_mig_memory_bytes is None
+    # Without the annotation (or with one this version cannot read) nothing is measured.
+    assert _only(node_offers(FLEET["h100-0"])).measured_memory_bytes is None
+    broken = copy.deepcopy(FLEET["h100-0"])
+    broken["metadata"].setdefault("annotations", {})["slmpack.dev/gpu-inventory"] = "{"
+    assert _only(node_offers(broken)).measured_memory_bytes is None
+
+
+def test_measured_memory_of_another_product_is_ignored() -> None:
+    node = _annotated(FLEET["h100-0"], "NVIDIA-L4", [23034 * 1024**2])
+
+    assert _only(node_offers(node)).measured_memory_bytes is None
+
+
+def test_merged_offers_keep_the_smallest_measurement_of_their_nodes() -> None:
+    mib = 1024**2
+    small = _annotated(FLEET["h100-0"], "NVIDIA-H100-80GB-HBM3", [80000 * mib])
+    large = _annotated(FLEET["h100-1"], "NVIDIA-H100-80GB-HBM3", [81559 * mib])
+
+    (offer,) = cluster_offers([large, small])
+    (half,) = cluster_offers([large, FLEET["h100-0"]])
+
+    assert offer.nodes == ("h100-0", "h100-1")
+    assert offer.measured_memory_bytes == 80000 * mib
+    assert half.measured_memory_bytes == 81559 * mib  # the unmeasured node adds nothing
+
+
+def test_mig_offers_carry_the_measured_memory_of_their_profile() -> None:
+    mib = 1024**2
+    node = _annotated(
+        FLEET["a100-mig-0"],
+        "NVIDIA-A100-SXM4-40GB",
+        [40960 * mib],
+        {"1g.5gb": 4800 * mib, "3g.20gb": 19968 * mib},
+    )
+    offers = {o.mig_profile: o for o in node_offers(node)}
+
+    assert offers["1g.5gb"].measured_mig_memory_bytes == 4800 * mib
+    assert offers["3g.20gb"].measured_mig_memory_bytes == 19968 * mib
+    assert offers["2g.10gb"].measured_mig_memory_bytes is None
+    assert offers["2g.10gb"].measured_memory_bytes == 40960 * mib
+
+
+def test_a_new_measurement_changes_the_offer_kinds() -> None:
+    node = _annotated(FLEET["h100-0"], "NVIDIA-H100-80GB-HBM3", [80000 * 1024**2])
+
+    plain = offer_kinds(cluster_offers([FLEET["h100-0"]]))
+    measured = offer_kinds(cluster_offers([node]))
+
+    assert plain == {"NVIDIA-H100-80GB-HBM3/none"}
+    assert measured != plain  # the agent's first annotation re-plans what runs there
+    assert offer_kinds(cluster_offers([node])) == measured

@@ -26,6 +26,7 @@ from slmpack.planner.perf import (
     predict,
     price_step,
     queue_wait_quantile_s,
+    saturated_batch,
 )
 from slmpack.planner.types import EngineSettings, SharingMode, Workload
 
@@ -160,6 +161,20 @@ def test_kv_capacity_caps_the_batch() -> None:
     shape = PackingShape(SharingMode.EXCLUSIVE, 1, 1, DEVICE)
     capped = predict(OPT, H100, shape, ENGINE, WORKLOAD, 10 * 300, PARAMS)
     assert capped.effective_batch_per_replica == 10
+
+
+def test_token_budget_caps_the_batch_when_outputs_are_short() -> None:
+    # 2,048 tokens per step hold B decodes plus B * 111 / 8 prompt tokens: B = 138.2.
+    engine = EngineSettings(max_num_seqs=512, max_num_batched_tokens=2048)
+    short = Workload(mean_input_tokens=111, mean_output_tokens=8)
+    assert saturated_batch(engine, short, 1e12) == pytest.approx(2048 / (1 + 111 / 8))
+    shape = PackingShape(SharingMode.EXCLUSIVE, 1, 1, DEVICE)
+    point = predict(OPT, H100, shape, engine, short, 1e12, PARAMS)
+    assert point.effective_batch_per_replica == pytest.approx(2048 / (1 + 111 / 8))
+    step = engine_step(OPT, engine, short, DEVICE, PARAMS, point.effective_batch_per_replica)
+    assert step.running_seqs + step.prefill_tokens == pytest.approx(2048)
+    # Long outputs leave the budget slack: max_num_seqs binds as before.
+    assert saturated_batch(engine, Workload(111, 292), 1e12) == 512
 
 
 def test_mig_instance_gets_its_slices() -> None:

@@ -20,7 +20,7 @@ def test_every_job_reads_its_file_at_the_chosen_interval(tmp_path: Path) -> None
     assert config["global"]["scrape_interval"] == "5s"
     assert config["global"]["scrape_timeout"] == "4s"
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
-    assert set(jobs) == {"vllm", "dcgm", "slmpack-operator", "prometheus"}
+    assert set(jobs) == {"vllm", "dcgm", "slmpack-node-agent", "slmpack-operator", "prometheus"}
     assert jobs["vllm"]["file_sd_configs"][0]["files"] == [str(tmp_path / "targets" / "pods.json")]
     assert jobs["dcgm"]["file_sd_configs"][0]["files"] == [str(tmp_path / "targets" / "dcgm.json")]
     assert jobs["slmpack-operator"]["file_sd_configs"][0]["files"] == [
@@ -99,3 +99,16 @@ def test_the_binary_is_cached_by_its_pinned_version() -> None:
     assert prometheus.VERSION_KEY in versions
     expected = binaries.cache_dir() / f"prometheus-{versions['PROMETHEUS_VERSION']}" / "prometheus"
     assert prometheus.pinned_binary() == expected
+
+
+def test_the_node_agents_are_scraped_keeping_their_replica_labels(tmp_path: Path) -> None:
+    config = prometheus.build_config(tmp_path / "targets", tmp_path / "operator.json")
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+
+    agent = jobs[prometheus.NODE_AGENT_JOB]
+    assert agent["file_sd_configs"][0]["files"] == [
+        str(tmp_path / "targets" / prometheus.NODE_AGENT_TARGETS_FILE)
+    ]
+    # The replica series carry the vLLM pod's namespace and pod: not renamed exported_*.
+    assert agent["honor_labels"] is True
+    assert "honor_labels" not in jobs["vllm"]

@@ -118,6 +118,40 @@ def test_sim_throughput_agrees_with_the_planner(seqs: int, engines: int, mode: S
     assert sim == pytest.approx(planned, rel=0.10)
 
 
+@pytest.mark.parametrize(
+    ("output_tokens", "seqs", "engines", "mode"),
+    [
+        (8, 512, 1, SharingMode.EXCLUSIVE),  # the token budget binds: ~138 running
+        (32, 512, 1, SharingMode.EXCLUSIVE),  # it binds just: ~458 running
+        (32, 256, 4, SharingMode.PACKED),
+    ],
+)
+def test_short_outputs_agree_on_throughput_and_step(
+    output_tokens: int, seqs: int, engines: int, mode: SharingMode
+) -> None:
+    # With short outputs every step also prefills many new prompts (chunked, within
+    # max_num_batched_tokens); the planner's steady state must price them as the sim does.
+    engine = EngineSettings(max_num_seqs=seqs, max_model_len=2048, max_num_batched_tokens=2048)
+    sim = closed_loop_throughput(
+        OPT,
+        engine,
+        DEVICE,
+        PARAMS,
+        num_blocks=PLENTY_OF_BLOCKS,
+        prompt_tokens=111,
+        output_tokens=output_tokens,
+        output_spread_ratio=0.5,
+        engines=engines,
+        mode=mode,
+        horizon_s=8.0,
+        warmup_s=2.0,
+    )
+    shape = PackingShape(mode, engines, 1, DEVICE)
+    planned = predict(OPT, H100, shape, engine, Workload(111, output_tokens, 111), 1e12, PARAMS)
+    assert sim.output_tokens_per_s == pytest.approx(planned.output_tokens_per_s, rel=0.05)
+    assert sim.mean_step_s == pytest.approx(planned.step_s, rel=0.05)
+
+
 def test_throughput_rises_with_batch_as_the_planner_predicts() -> None:
     points = [_sim_vs_planner(seqs, 1, SharingMode.EXCLUSIVE) for seqs in (8, 32, 128)]
     sims = [s for s, _ in points]

@@ -24,6 +24,8 @@ DtypeName = Literal["Auto", "BFloat16", "Float16", "Float32"]
 QuantizationName = Literal["None", "FP8", "Int8", "AWQ", "GPTQ"]
 AutotuneMode = Literal["Off", "Recommend", "Auto"]
 ObjectiveName = Literal["Throughput", "Energy", "Balanced"]
+#: Where a plan's GPU memory came from: the GPU catalogue, or the node agent's measurement.
+MemorySourceName = Literal["Catalog", "Measured"]
 
 
 class _Model(BaseModel):
@@ -158,6 +160,8 @@ class PlanStatus(_Model):
     max_num_seqs: int | None = None
     vllm_args: tuple[str, ...] = ()
     vllm_env: tuple[str, ...] = ()
+    gpu_memory_bytes: int | None = None
+    gpu_memory_source: MemorySourceName | None = None
     predicted: PredictedPerf | None = None
 
 

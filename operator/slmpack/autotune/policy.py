@@ -248,7 +248,11 @@ class Observation:
         v = snapshot.values
         engines = v.get(Signal.ENGINES_REPORTING)
         finished = snapshot.keyed.get(Signal.FINISHED_REQUESTS_PER_S)
-        watts = v.get(Signal.ATTRIBUTED_ENERGY_WATTS, v.get(Signal.ATTRIBUTED_POWER_WATTS))
+        # The node agent's SM-share split first; DCGM's token-share attribution is the fallback.
+        watts = v.get(
+            Signal.AGENT_ENERGY_WATTS,
+            v.get(Signal.ATTRIBUTED_ENERGY_WATTS, v.get(Signal.ATTRIBUTED_POWER_WATTS)),
+        )
         return cls(
             at_s=snapshot.evaluated_at_s,
             running=running,

@@ -28,6 +28,12 @@ pods (its default pod mapper under time-slicing), that pod receives the whole GP
 SLMDeployment's total stays right as long as its GPUs are not shared with other
 SLMDeployments, only the split among its own replicas is lost. Without any pod labels on DCGM
 series the attributed signals are absent and the autotuner treats energy as unmeasured.
+
+Where the slmpack node agent runs, its ``slmpack_replica_energy_joules_total`` gives each
+replica container's energy as NVML's per-process SM utilisation split it (docs/nodeagent.md):
+what each replica really used, not a token-share estimate. `Signal.AGENT_ENERGY_WATTS` sums its
+rate over the deployment's pods (joined on namespace and pod with the vLLM series, which carry
+the deployment label); the policy prefers it and falls back to the token share without it.
 """
 
 from __future__ import annotations
@@ -84,6 +90,7 @@ class Signal(StrEnum):
     FINISHED_REQUESTS_PER_S = "finished_requests_per_s"  # by finished_reason
     ATTRIBUTED_ENERGY_WATTS = "attributed_energy_watts"  # from the energy counter
     ATTRIBUTED_POWER_WATTS = "attributed_power_watts"  # from the power gauge (fallback)
+    AGENT_ENERGY_WATTS = "agent_energy_watts"  # the node agent's per-replica energy
     GPUS_IN_USE = "gpus_in_use"
     GPU_POWER_WATTS = "gpu_power_watts"  # by UUID
     GPU_ENERGY_WATTS = "gpu_energy_watts"  # by UUID
@@ -210,6 +217,21 @@ def _attributed(matcher: str, window: str, gpu_watts: str) -> str:
     return f"sum({share} * on ({GPU_LABEL}) group_left() {gpu_watts})"
 
 
+def _agent_energy_watts(matcher: str, window: str) -> str:
+    """Watts of the deployment's pods from the node agent's per-replica energy counters.
+
+    The agent's series carry no deployment label: they are joined on (namespace, pod) with the
+    pods' vLLM series, which do. group_left() keeps its empty label list for the same reason
+    as in `_attributed`.
+    """
+    energy = _rate(mn.NODE_AGENT_REPLICA_ENERGY.series, "", window)
+    pods = _sel(mn.NUM_REQUESTS_RUNNING.series, matcher)
+    return (
+        f"sum({energy} * on ({NAMESPACE_LABEL}, {POD_LABEL}) group_left()"
+        f" group by ({NAMESPACE_LABEL}, {POD_LABEL}) ({pods}))"
+    )
+
+
 def _deployment_gpus(matcher: str) -> str:
     running = _sel(mn.NUM_REQUESTS_RUNNING.series, matcher)
     return (
@@ -274,6 +296,7 @@ def raw_queries(ref: DeploymentRef, window_s: int = RULE_WINDOW_S) -> tuple[Sign
         ),
         Signal.ATTRIBUTED_ENERGY_WATTS: _attributed(m, w, _gpu_energy_watts(w)),
         Signal.ATTRIBUTED_POWER_WATTS: _attributed(m, w, f"({_gpu_power_watts(w)})"),
+        Signal.AGENT_ENERGY_WATTS: _agent_energy_watts(m, w),
         Signal.GPUS_IN_USE: f"count({dep_gpus})",
         Signal.GPU_POWER_WATTS: per_gpu(_gpu_power_watts(w)),
         Signal.GPU_ENERGY_WATTS: per_gpu(_gpu_energy_watts(w)),
@@ -375,6 +398,10 @@ class _Names:
         return _rule_name("pod_gpu", "power", f"watts_avg{self.window}")
 
     @property
+    def agent_energy(self) -> str:
+        return _rule_name("deployment", "agent_energy", f"watts{self.window}")
+
+    @property
     def gpu_util(self) -> str:
         return _rule_name("gpu", "util", f"ratio_avg{self.window}")
 
@@ -449,6 +476,12 @@ def recording_rules(window_s: int = RULE_WINDOW_S) -> tuple[RecordingRule, ...]:
         (n.gpu_power, _gpu_power_watts(w)),
         (n.pod_energy, f"{n.pod_share} * on ({GPU_LABEL}) group_left() {n.gpu_energy}"),
         (n.pod_power, f"{n.pod_share} * on ({GPU_LABEL}) group_left() {n.gpu_power}"),
+        (
+            n.agent_energy,
+            f"sum by ({by_dep}) ({_rate(mn.NODE_AGENT_REPLICA_ENERGY.series, '', w)}"
+            f" * on ({NAMESPACE_LABEL}, {POD_LABEL}) group_left ({DEPLOYMENT_LABEL})"
+            f" group by ({by_pod}) ({_sel(mn.NUM_REQUESTS_RUNNING.series, dep)}))",
+        ),
         (n.gpu_util, _gpu_ratio(mn.DCGM_GPU_UTIL.series, w, " / 100")),
         (n.sm_active, _gpu_ratio(mn.DCGM_SM_ACTIVE.series, w)),
         (n.dram_active, _gpu_ratio(mn.DCGM_DRAM_ACTIVE.series, w)),
@@ -497,6 +530,7 @@ def recorded_queries(ref: DeploymentRef, window_s: int = RULE_WINDOW_S) -> tuple
         Signal.FINISHED_REQUESTS_PER_S: (f"sum by ({FINISHED_REASON_LABEL}) ({n.finished}{{{m}}})"),
         Signal.ATTRIBUTED_ENERGY_WATTS: dep_sum(n.pod_energy),
         Signal.ATTRIBUTED_POWER_WATTS: dep_sum(n.pod_power),
+        Signal.AGENT_ENERGY_WATTS: dep_sum(n.agent_energy),
         Signal.GPUS_IN_USE: f"count({dep_gpus})",
         Signal.GPU_POWER_WATTS: per_gpu(n.gpu_power),
         Signal.GPU_ENERGY_WATTS: per_gpu(n.gpu_energy),

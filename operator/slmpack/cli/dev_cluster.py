@@ -258,6 +258,13 @@ def runner_run(
         float | None,
         typer.Option(help="Readiness probe period once Ready (default: the pod's own)."),
     ] = None,
+    node_agent: Annotated[
+        bool,
+        typer.Option(
+            help="Run each node's slmpack node agent over a simulated NVML (port 9402; it "
+            "annotates the node with its GPU inventory)."
+        ),
+    ] = False,
 ) -> None:
     """Play the kubelet of the runner nodes in the foreground until Ctrl-C or SIGTERM."""
     logging.basicConfig(
@@ -285,6 +292,7 @@ def runner_run(
             max_grace_seconds=max_grace_seconds,
             probe_period_seconds=probe_period,
             base_env=podexec.base_environment(os.environ),
+            node_agent=node_agent,
         )
     except SlmpackError as exc:
         raise _fail(exc) from exc

@@ -3,6 +3,10 @@
 Inputs are the parsed spec, the cluster's GPU offers and the model's architecture; the output is
 a `Decision` (what to render) or a `PlanFailedError` whose message says what the user can change.
 Plans are memoised: a thousand SLMDeployments of the same model on the same offers plan once.
+
+GPU memory is the catalogue's unless the node agent measured less on the offer's nodes: the
+driver, ECC and the board reserve memory that datasheets count, and vLLM started with a KV
+cache sized for memory that is not there fails at start.
 """
 
 from __future__ import annotations
@@ -10,7 +14,8 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from enum import StrEnum
 
 from slmpack.api.v1alpha1 import SLMDeploymentSpec
 from slmpack.catalog.gpus import GpuCatalog, normalize_product
@@ -32,6 +37,13 @@ _QUANTIZED: dict[str, WeightDtype] = {
     "GPTQ": "int4-gptq",
 }
 _DTYPES: dict[str, WeightDtype] = {"BFloat16": "bf16", "Float16": "fp16", "Float32": "fp32"}
+
+
+class MemorySource(StrEnum):
+    """Where the GPU memory a plan was sized for came from (status.plan.gpuMemorySource)."""
+
+    CATALOG = "Catalog"
+    MEASURED = "Measured"  # the node agent's slmpack.dev/gpu-inventory annotation
 
 
 class PlanFailedError(SlmpackError):
@@ -58,10 +70,42 @@ class Decision:
     request: PlanRequest
     #: The autotuner's packing replaced the planner's pick.
     autotuned: bool = False
+    memory_source: MemorySource = MemorySource.CATALOG
 
     @property
     def mode(self) -> SharingMode:
         return self.candidate.mode
+
+    @property
+    def device_memory_bytes(self) -> int:
+        """Memory of the device one replica group was sized for: the GPU, or its MIG instance."""
+        if self.candidate.mig_profile is not None:
+            return self.gpu.mig_profile(self.candidate.mig_profile).memory_bytes
+        return self.gpu.memory_bytes
+
+
+def planned_gpu(gpu: GPUSpec, offer: GpuOffer) -> tuple[GPUSpec, MemorySource]:
+    """The catalogue's GPU with the offer's measured memory where it is smaller (for a MIG
+    offer, that of its instance profile). GPUSpec stays frozen and hashable, so plans keep
+    being memoised per (measured) GPU."""
+    measured = offer.measured_memory_bytes
+    if offer.mig_profile is not None:
+        measured = offer.measured_mig_memory_bytes
+        profiles = {p.name: p for p in gpu.mig_profiles}
+        profile = profiles.get(offer.mig_profile)
+        if measured is None or profile is None or measured >= profile.memory_bytes:
+            return gpu, MemorySource.CATALOG
+        smaller = replace(profile, memory_bytes=measured)
+        return (
+            replace(
+                gpu,
+                mig_profiles=tuple(smaller if p is profile else p for p in gpu.mig_profiles),
+            ),
+            MemorySource.MEASURED,
+        )
+    if measured is None or measured >= gpu.memory_bytes:
+        return gpu, MemorySource.CATALOG
+    return replace(gpu, memory_bytes=measured), MemorySource.MEASURED
 
 
 def weight_dtype_for(spec: SLMDeploymentSpec, gpu: GPUSpec) -> WeightDtype:
@@ -198,7 +242,7 @@ def decide(
     plans: list[tuple[GpuOffer, GPUSpec, Plan]] = []
     problems: list[tuple[str, str]] = []
     for offer in matching:
-        gpu = gpus.get(offer.product)
+        gpu, _ = planned_gpu(gpus.get(offer.product), offer)
         try:
             request = PlanRequest(
                 model=model,
@@ -264,4 +308,5 @@ def decide(
         gpus=math.ceil(pods * engines_per_pod / per_gpu),
         request=best.request,
         autotuned=tuned,
+        memory_source=planned_gpu(gpus.get(offer.product), offer)[1],
     )

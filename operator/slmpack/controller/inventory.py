@@ -5,14 +5,27 @@ An *offer* is one way of getting GPU capacity: a product under one sharing setup
 time-slicing or MPS with N replicas, or one MIG profile). The planner sizes replicas per offer,
 and the rendered pods select exactly the nodes of the offer they were sized for, because the
 same product under a different sharing setup needs different vLLM flags.
+
+Where the slmpack node agent runs, its node annotation `slmpack.dev/gpu-inventory` adds what
+NVML measured: an offer carries the smallest GPU (and MIG instance) memory measured on its
+nodes, which the planner uses when it is below the catalogue's (`controller.decide`).
 """
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Literal
+
+from slmpack.catalog.gpus import normalize_product
+from slmpack.nodeagent.inventory import (
+    ANNOTATION_KEY,
+    InventoryFormatError,
+    NodeGpuInventory,
+    inventory_from_json,
+)
 
 GPU_RESOURCE = "nvidia.com/gpu"
 SHARED_GPU_RESOURCE = "nvidia.com/gpu.shared"
@@ -39,12 +52,55 @@ class GpuOffer:
     mig_profile: str | None
     nodes: tuple[str, ...]
     allocatable: int  # units of `resource` over all nodes
+    #: The smallest memory of one GPU the node agent measured on these nodes (NVML's total);
+    #: None when no node of the offer carries its annotation.
+    measured_memory_bytes: int | None = None
+    #: Likewise for one instance of `mig_profile` (MIG offers only).
+    measured_mig_memory_bytes: int | None = None
 
     @property
     def key(self) -> str:
         profile = f"/{self.mig_profile}" if self.mig_profile else ""
         slots = f"x{self.slots_per_gpu}" if self.slots_per_gpu > 1 else ""
         return f"{self.product}/{self.sharing}{profile}{slots}"
+
+
+def _smallest(*values: int | None) -> int | None:
+    known = [v for v in values if v is not None]
+    return min(known) if known else None
+
+
+def measured_memory(
+    inventory: NodeGpuInventory | None, product: str, mig_profile: str | None
+) -> tuple[int | None, int | None]:
+    """(GPU, MIG instance) memory the agent measured on one node for GPUs of `product`, the
+    smallest of each; None where the inventory has no such GPU or instance."""
+    if inventory is None:
+        return None, None
+    wanted = normalize_product(product)
+    gpus = [g for g in inventory.gpus if g.product and normalize_product(g.product) == wanted]
+    whole = _smallest(*(g.memory_bytes for g in gpus))
+    instance = None
+    if mig_profile is not None:
+        instance = _smallest(
+            *(m.memory_bytes for g in gpus for m in g.mig_devices if m.profile == mig_profile)
+        )
+    return whole, instance
+
+
+@functools.lru_cache(maxsize=4096)
+def _inventory(text: str) -> NodeGpuInventory | None:
+    """`parse_inventory_annotation` of one annotation value, memoised: every node event
+    recomputes the offers of all nodes, and the annotation changes only with the hardware."""
+    try:
+        return inventory_from_json(text)
+    except InventoryFormatError:
+        return None  # GFD's labels still tell what the node offers
+
+
+def _with_measured(offer: GpuOffer, inventory: NodeGpuInventory | None) -> GpuOffer:
+    whole, instance = measured_memory(inventory, offer.product, offer.mig_profile)
+    return replace(offer, measured_memory_bytes=whole, measured_mig_memory_bytes=instance)
 
 
 def _int(value: Any, default: int = 0) -> int:
@@ -66,7 +122,15 @@ def _strip_shared(label: str) -> str:
 
 
 def node_offers(node: Mapping[str, Any]) -> list[GpuOffer]:
-    """The offers of one node (empty for nodes without NVIDIA GPUs or not schedulable)."""
+    """The offers of one node (empty for nodes without NVIDIA GPUs or not schedulable), with
+    the memory its node agent measured when it annotated the node."""
+    annotations = (node.get("metadata") or {}).get("annotations") or {}
+    text = annotations.get(ANNOTATION_KEY)
+    inventory = _inventory(text) if isinstance(text, str) else None
+    return [_with_measured(o, inventory) for o in _label_offers(node)]
+
+
+def _label_offers(node: Mapping[str, Any]) -> list[GpuOffer]:
     if not _is_usable(node):
         return []
     meta = node.get("metadata", {})
@@ -165,14 +229,29 @@ def cluster_offers(nodes: Iterable[Mapping[str, Any]]) -> tuple[GpuOffer, ...]:
                     seen,
                     nodes=tuple(sorted((*seen.nodes, *offer.nodes))),
                     allocatable=seen.allocatable + offer.allocatable,
+                    # Pods may land on any node of the offer: plan for the smallest.
+                    measured_memory_bytes=_smallest(
+                        seen.measured_memory_bytes, offer.measured_memory_bytes
+                    ),
+                    measured_mig_memory_bytes=_smallest(
+                        seen.measured_mig_memory_bytes, offer.measured_mig_memory_bytes
+                    ),
                 )
     return tuple(sorted(merged.values(), key=lambda o: o.key))
 
 
 def offer_kinds(offers: Iterable[GpuOffer]) -> frozenset[str]:
-    """What a plan depends on: the kinds of offer, not node names or free capacity.
+    """What a plan depends on: the kinds of offer and the memory measured on them, not node
+    names or free capacity.
 
     A node joining a pool that already exists changes nothing to plan, so it must not
-    re-plan every SLMDeployment.
+    re-plan every SLMDeployment; a node agent's first measurement (or a smaller one) does.
     """
-    return frozenset(o.key for o in offers)
+    return frozenset(_kind(o) for o in offers)
+
+
+def _kind(offer: GpuOffer) -> str:
+    measured = (offer.measured_memory_bytes, offer.measured_mig_memory_bytes)
+    if measured == (None, None):
+        return offer.key
+    return f"{offer.key}@{measured[0]}/{measured[1]}"

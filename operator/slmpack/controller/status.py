@@ -53,6 +53,7 @@ def plan_status(decision: Decision, served_name: str) -> PlanStatus:
     if decision.exclusive_baseline is not None:
         base = decision.exclusive_baseline.perf.total_tokens_per_s
         gain = f"{perf.total_tokens_per_s / base:.2f}" if base > 0 else None
+    output_per_joule = perf.output_tokens_per_s / perf.power_watts if perf.power_watts > 0 else 0.0
     return PlanStatus(
         model=served_name,
         product=decision.offer.product,
@@ -64,10 +65,14 @@ def plan_status(decision: Decision, served_name: str) -> PlanStatus:
         max_num_seqs=chosen.engine.max_num_seqs,
         vllm_args=decision.launch.args,
         vllm_env=tuple(f"{k}={v}" for k, v in decision.launch.env),
+        gpu_memory_bytes=decision.device_memory_bytes,
+        gpu_memory_source=decision.memory_source.value,
+        # Output tokens, as the API documents (the planner's own figures count prompts too,
+        # like the paper's "total token throughput").
         predicted=PredictedPerf(
-            tokens_per_second_per_gpu=round(perf.total_tokens_per_s),
+            tokens_per_second_per_gpu=round(perf.output_tokens_per_s),
             power_watts=round(perf.power_watts),
-            tokens_per_joule=f"{perf.tokens_per_joule:.2f}",
+            tokens_per_joule=f"{output_per_joule:.2f}",
             ttft_p99=format_duration(perf.ttft_p99_s),
             itl_p99=format_duration(perf.itl_p99_s),
             gain_over_exclusive=gain,

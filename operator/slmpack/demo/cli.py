@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
+import os
 import signal
 import sys
 import time
@@ -36,6 +38,7 @@ from rich.progress import (
 from slmpack import metricnames
 from slmpack.demo import manifests, measure
 from slmpack.demo.plot import write_plot
+from slmpack.demo.prediction import DeployedPacking, deployed_packing
 from slmpack.demo.report import (
     DemoReport,
     DeploymentResult,
@@ -49,14 +52,22 @@ from slmpack.demo.world import SCRAPE_INTERVAL_SECONDS, World, WorldConfig
 from slmpack.errors import SlmpackError
 from slmpack.loadgen import DriverConfig, Phase, Schedule, plan_requests, run_load, summarize
 from slmpack.loadgen.lengths import parse_length
+from slmpack.planner.perf import PerfParams, default_perf_params
 
-#: Share of each run before the measurement window: engines fill their batches first.
-WARMUP_RATIO = 0.4
-#: A request not answered for this many server seconds is abandoned, as a user would: an
-#: overloaded deployment then sheds its backlog instead of draining it for minutes of wall
-#: time (at 0.05x, 0.5 simulated seconds are 10 wall seconds; a decode step takes ~0.04).
-ABANDON_AFTER_SERVER_SECONDS = 0.5
+#: Share of each run before the measurement window: engines fill their batches first (a
+#: 32-token request lives under a simulated second at the demo's load).
+WARMUP_RATIO = 0.25
+#: A request not answered for this many server seconds is abandoned, as a user would. Below
+#: saturation none should be; the margin covers host hiccups, which at 0.2x last 5x longer in
+#: server time.
+ABANDON_AFTER_SERVER_SECONDS = 5.0
+#: The packing gets the fewest GPUs that serve the demand at no more than this share of its
+#: predicted capacity.
+PACKED_MAX_LOAD_RATIO = 0.9
 READY_TIMEOUT_SECONDS = 180.0
+#: At 0.2x the demo's ~20,000 simulated tokens/s are ~4,000 streamed per wall second, which
+#: two cores serve with room to spare (docs/demo.md has the measured headroom).
+DEFAULT_SIM_SPEEDUP = 0.2
 
 
 @dataclass(frozen=True)
@@ -64,11 +75,11 @@ class DemoSettings:
     out: Path
     cluster: str
     model_uri: str
-    gpus: int  # per deployment, one per node
+    gpus: int  # of one replica per GPU, one per node; the packing takes what it needs
     engine: str
     sim_speedup: float
-    load_seconds: float  # wall seconds of load per deployment
-    load_factor: float  # offered output tokens/s over the packing's predicted capacity
+    load_seconds: float  # server seconds of load per deployment (simulated for the sim)
+    load_factor: float  # demand over one-per-GPU's predicted capacity on its GPUs
     address_pool: str
     seed: int
     workload: manifests.Workload
@@ -84,7 +95,7 @@ def _parser() -> argparse.ArgumentParser:
         allow_abbrev=False,
     )
     p.add_argument("--out", type=Path, default=Path("demo-report"), help="results folder")
-    p.add_argument("--quick", action="store_true", help="25 s of load each, one GPU each")
+    p.add_argument("--quick", action="store_true", help="15 simulated seconds of load each, not 40")
     p.add_argument(
         "--real",
         action="store_true",
@@ -92,20 +103,30 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--cluster", default="demo", help="name of the demo's own local cluster")
     p.add_argument("--model", default="hf://facebook/opt-1.3b", help="model URI (sim only)")
-    p.add_argument("--gpus", type=int, default=None, help="GPUs per deployment (default 2)")
-    p.add_argument("--duration-s", type=float, default=None, help="wall seconds of load each")
+    p.add_argument(
+        "--gpus",
+        type=int,
+        default=2,
+        help="GPUs of one replica per GPU (the packing takes as many as the same demand needs)",
+    )
+    p.add_argument(
+        "--duration-s",
+        type=float,
+        default=None,
+        help="seconds of load each, server time (simulated seconds for the simulator)",
+    )
     p.add_argument(
         "--sim-speedup",
         type=float,
-        default=0.05,
-        help="simulated seconds per wall second; far below 1 so two cores can stream every "
+        default=DEFAULT_SIM_SPEEDUP,
+        help="simulated seconds per wall second; below 1 so two cores can stream every "
         "token of GPUs that make tens of thousands per second",
     )
     p.add_argument(
         "--load-factor",
         type=float,
-        default=1.0,
-        help="offered output tokens/s as a share of the packing's predicted capacity",
+        default=0.8,
+        help="demand as a share of one replica per GPU's predicted capacity on its GPUs",
     )
     p.add_argument("--address-pool", default="127.100.0.0/16", help="loopback block of pods")
     p.add_argument("--seed", type=int, default=0)
@@ -133,10 +154,10 @@ def settings_from_args(args: argparse.Namespace) -> DemoSettings:
         out=args.out,
         cluster=args.cluster,
         model_uri=args.model,
-        gpus=args.gpus or (1 if args.quick else 2),
+        gpus=args.gpus,
         engine="sim",
         sim_speedup=args.sim_speedup,
-        load_seconds=args.duration_s or (25.0 if args.quick else 60.0),
+        load_seconds=args.duration_s or (15.0 if args.quick else 40.0),
         load_factor=args.load_factor,
         address_pool=args.address_pool,
         seed=args.seed,
@@ -185,49 +206,61 @@ def _condition(obj: dict[str, Any], kind: str) -> dict[str, Any]:
     return next((c for c in conditions if c.get("type") == kind), {})
 
 
-def _prediction(plan: dict[str, Any]) -> Prediction:
-    predicted = plan.get("predicted") or {}
-
-    def number(key: str) -> float | None:
-        value = predicted.get(key)
-        return None if value is None else float(value)
-
+def _prediction(
+    plan: dict[str, Any], packing: DeployedPacking, gpus: int, demand: float, params: PerfParams
+) -> Prediction:
+    """The planner's numbers for `packing` on `gpus` GPUs sharing `demand` output tokens/s."""
+    capacity = packing.capacity_tokens_per_s(params)
+    per_gpu = demand / gpus
+    if per_gpu < capacity:
+        point = packing.at_load(per_gpu, params)
+        served, power, itl = per_gpu, point.power_watts, point.step_s
+    else:  # saturated: it serves its capacity and sheds the rest
+        served, power, itl = capacity, None, None
     return Prediction(
         mode=str(plan.get("mode", "?")),
         replicas_per_gpu=int(plan.get("replicasPerGPU") or 1),
-        gpus=int(plan.get("gpus") or 0),
-        tokens_per_second_per_gpu=number("tokensPerSecondPerGPU"),
-        tokens_per_joule=number("tokensPerJoule"),
-        power_watts=number("powerWatts"),
+        gpus=gpus,
+        capacity_tokens_per_second_per_gpu=capacity,
+        tokens_per_second_per_gpu=served,
+        load_ratio=per_gpu / capacity,
+        power_watts=power,
+        tokens_per_joule=None if power is None else served / power,
+        itl_seconds=itl,
     )
 
 
-def _deploy(
-    world: World, steps: _Steps, settings: DemoSettings, name: str, sharing: str
-) -> tuple[Prediction, int]:
-    """Create the SLMDeployment on `settings.gpus` GPUs and wait until every engine is Ready.
+def _plan(world: World, settings: DemoSettings, name: str, sharing: str) -> dict[str, Any]:
+    """Create the SLMDeployment without replicas (one GPU's worth) and return its plan."""
+    pinned = settings.packed_per_gpu if sharing == "Packed" else None
+    world.apply(
+        manifests.slm_deployment(
+            name, settings.model_uri, sharing, settings.workload, replicas_per_gpu=pinned
+        )
+    )
 
-    Packing's replicas per GPU are the operator's choice, so that deployment is first created
-    without replicas (one GPU's worth), then scaled to the GPUs the demo gives it.
-    """
-    with steps.step(f"Deploying {name} ({sharing})", total=None) as task:
-        per_gpu = 1
-        if sharing == "Packed":
-            per_gpu = settings.packed_per_gpu or 1
-        elif sharing != "Exclusive":
-            world.apply(
-                manifests.slm_deployment(name, settings.model_uri, sharing, settings.workload)
-            )
+    def planned() -> bool:
+        return (world.get(name).get("status") or {}).get("plan") is not None
 
-            def planned() -> bool:
-                return (world.get(name).get("status") or {}).get("plan") is not None
+    _wait(f"the operator to plan {name}", planned, 60)
+    obj = world.get(name)
+    if _condition(obj, "Planned").get("status") != "True":
+        raise SlmpackError(f"{name} was not planned: {_condition(obj, 'Planned')}")
+    return dict(obj["status"]["plan"])
 
-            _wait(f"the operator to plan {name}", planned, 60)
-            obj = world.get(name)
-            if _condition(obj, "Planned").get("status") != "True":
-                raise SlmpackError(f"{name} was not planned: {_condition(obj, 'Planned')}")
-            per_gpu = int(obj["status"]["plan"].get("replicasPerGPU") or 1)
-        replicas = per_gpu * settings.gpus
+
+def _scale(
+    world: World,
+    steps: _Steps,
+    settings: DemoSettings,
+    name: str,
+    sharing: str,
+    per_gpu: int,
+    gpus: int,
+) -> tuple[dict[str, Any], int]:
+    """Scale the SLMDeployment to `gpus` GPUs and wait until every engine is Ready."""
+    replicas = per_gpu * gpus
+    with steps.step(f"Deploying {name} ({sharing}) on {gpus} GPUs", total=replicas) as task:
         world.apply(
             manifests.slm_deployment(
                 name,
@@ -238,7 +271,6 @@ def _deploy(
                 replicas_per_gpu=per_gpu if sharing == "Packed" else None,
             )
         )
-        steps.progress.update(task, total=replicas, completed=0)
 
         def ready() -> bool:
             obj = world.get(name)
@@ -248,14 +280,13 @@ def _deploy(
             return (
                 status.get("observedGeneration") == obj["metadata"]["generation"]
                 and _condition(obj, "Ready").get("status") == "True"
-                and plan.get("gpus") == settings.gpus
+                and plan.get("gpus") == gpus
                 and status.get("readyReplicas") == replicas
                 and len(world.ready_pod_ips(name)) == int(plan.get("pods") or -1)
             )
 
         _wait(f"{name} to be Ready", ready, READY_TIMEOUT_SECONDS)
-        plan = world.get(name)["status"]["plan"]
-    return _prediction(plan), replicas
+    return dict(world.get(name)["status"]["plan"]), replicas
 
 
 def _scraped(world: World, name: str, engines: int) -> bool:
@@ -282,10 +313,21 @@ def _gpu_selector(name: str) -> str:
     return f'namespace="{manifests.NAMESPACE}",pod=~"{name}-.*"'
 
 
+#: A busy 2-core host can keep Prometheus from answering for seconds; the window's samples
+#: stay, so asking again is safe.
+QUERY_ATTEMPTS = 5
+QUERY_TIMEOUT_SECONDS = 15.0
+
+
 def _matrix(world: World, promql: str) -> list[dict[str, Any]]:
     from slmpack.devcluster import prometheus
 
-    return prometheus.query(world.prometheus_url, promql)
+    for _ in range(QUERY_ATTEMPTS - 1):
+        try:
+            return prometheus.query(world.prometheus_url, promql, timeout=QUERY_TIMEOUT_SECONDS)
+        except prometheus.PrometheusError:
+            time.sleep(2.0)
+    return prometheus.query(world.prometheus_url, promql, timeout=QUERY_TIMEOUT_SECONDS)
 
 
 def _load(
@@ -294,12 +336,14 @@ def _load(
     settings: DemoSettings,
     name: str,
     rate_per_server_second: float,
-) -> tuple[Any, float, float]:
-    """Drive the open-loop load at the deployment's pods; returns the loadgen's report and
-    the measurement window (unix seconds)."""
+) -> tuple[Any, tuple[float, float], tuple[float, float], measure.SentLoad]:
+    """Drive the open-loop load at the deployment's pods; returns the loadgen's report, the
+    measurement window (unix seconds), the host's CPU busy ratio and the demo's CPU cores
+    over the load, and what was sent in the window."""
     urls = [f"http://{ip}:8000" for ip in world.ready_pod_ips(name)]
     scale = settings.sim_speedup
-    server_seconds = settings.load_seconds * scale
+    server_seconds = settings.load_seconds
+    wall_seconds = server_seconds / scale
     schedule = Schedule((Phase(server_seconds, rate_per_server_second),), None)
     plan = plan_requests(
         schedule,
@@ -320,22 +364,52 @@ def _load(
         run_task = asyncio.create_task(run_load(plan, config))
         with steps.step(
             f"Load on {name}: {len(plan):,} requests to {len(urls)} pods",
-            total=round(settings.load_seconds),
+            total=round(wall_seconds),
         ) as task:
             started = time.monotonic()
             while not run_task.done():
-                elapsed = min(settings.load_seconds, time.monotonic() - started)
+                elapsed = min(wall_seconds, time.monotonic() - started)
                 steps.progress.update(task, completed=round(elapsed))
                 await asyncio.sleep(0.5)
         return await run_task
 
+    cpu_before, demo_before, wall_before = _host_cpu(), _demo_cpu_seconds(world), time.monotonic()
     run = asyncio.run(drive())
-    window_end = run.started_unix + settings.load_seconds
-    window_start = run.started_unix + settings.load_seconds * WARMUP_RATIO
+    host_busy = measure.host_cpu_busy_ratio(cpu_before, _host_cpu())
+    demo_cores = (_demo_cpu_seconds(world) - demo_before) / (time.monotonic() - wall_before)
+    window_end = run.started_unix + wall_seconds
+    window_start = run.started_unix + wall_seconds * WARMUP_RATIO
     report = summarize(
         run.records, run.duration_wall_s, time_scale=scale, peak_in_flight=run.peak_in_flight
     )
-    return report, window_start, window_end
+    sent = measure.sent_load(
+        ((r.scheduled_s, r.sent_s, r.requested_output_tokens) for r in run.records),
+        window_start - run.started_unix,
+        window_end - run.started_unix,
+    )
+    return report, (window_start, window_end), (host_busy, demo_cores), sent
+
+
+def _host_cpu() -> measure.CpuTimes:
+    return measure.cpu_times(Path("/proc/stat").read_text())
+
+
+def _demo_cpu_seconds(world: World) -> float:
+    """CPU time so far of this process and of every process started for the demo's cluster
+    (control plane, runner, engines, dcgm-sim, Prometheus, operator: their command lines
+    name the cluster's folder). Processes that exited are not counted."""
+    marker = str(world.cluster_dir).encode()
+    ticks = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if int(entry.name) != os.getpid() and marker not in (entry / "cmdline").read_bytes():
+                continue
+            ticks += measure.process_cpu_ticks((entry / "stat").read_text())
+        except (OSError, ValueError):
+            continue  # gone, or not ours to read
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def _served_model(world: World, name: str) -> str:
@@ -351,6 +425,8 @@ def _measure(
     loadgen_report: Any,
     window: tuple[float, float],
     gpus: int,
+    cpu: tuple[float, float],
+    sent: measure.SentLoad,
 ) -> Measurement:
     start, end = window
     # Let Prometheus scrape past the window's end before reading it.
@@ -379,6 +455,7 @@ def _measure(
     watts = energy.per_wall_second / 1e3 / scale
     return Measurement(
         tokens_per_second_per_gpu=tokens.per_wall_second / scale / gpus,
+        offered_tokens_per_second_per_gpu=sent.output_tokens / (span * scale) / gpus,
         loadgen_tokens_per_second_per_gpu=loadgen_report.output_tokens_per_s / gpus,
         power_watts_per_gpu=watts / gpus_measured,
         gpus_measured=energy.series,
@@ -387,6 +464,9 @@ def _measure(
         completed=loadgen_report.completed,
         failed=loadgen_report.failed,
         itl_p50_seconds=loadgen_report.itl_s.p50,
+        host_cpu_busy_ratio=cpu[0],
+        demo_cpu_cores=cpu[1],
+        send_lag_p99_seconds=sent.lag_p99_s,
     )
 
 
@@ -403,20 +483,37 @@ def _run_one(
     name: str,
     sharing: str,
     title: str,
-    rate: float | None,
+    demand: float | None,
 ) -> tuple[DeploymentResult, float]:
-    prediction, engines = _deploy(world, steps, settings, name, sharing)
+    """Plan, scale, load, measure and remove one deployment; returns it and the demand.
+
+    Without a `demand` (one replica per GPU, first) the demand is `load_factor` of its
+    predicted capacity on `settings.gpus` GPUs. With one (the packing) the deployment gets
+    the fewest GPUs that serve it at no more than PACKED_MAX_LOAD_RATIO of its capacity.
+    """
+    params = default_perf_params()
+    with steps.step(f"Planning {name} ({sharing})"):
+        plan = _plan(world, settings, name, sharing)
+    model_name = settings.model_uri.removeprefix("hf://")
+    packing = deployed_packing(plan, model_name, settings.workload.for_planner())
+    capacity = packing.capacity_tokens_per_s(params)
+    if capacity <= 0:
+        raise SlmpackError(f"The plan of {name} predicts no throughput: {plan}")
+    if demand is None:
+        gpus = settings.gpus
+        demand = settings.load_factor * capacity * gpus
+    else:
+        gpus = min(settings.gpus, max(1, math.ceil(demand / (PACKED_MAX_LOAD_RATIO * capacity))))
+    per_gpu = int(plan.get("replicasPerGPU") or 1)
+    plan, engines = _scale(world, steps, settings, name, sharing, per_gpu, gpus)
+    prediction = _prediction(plan, packing, gpus, demand, params)
     with steps.step(f"Waiting for Prometheus to scrape {name}"):
         _wait(f"Prometheus to scrape {name}", lambda: _scraped(world, name, engines), 60)
-    if rate is None:
-        capacity = (prediction.tokens_per_second_per_gpu or 0.0) * settings.gpus
-        if capacity <= 0:
-            raise SlmpackError(f"The plan of {name} predicts no throughput: {prediction}")
-        rate = settings.load_factor * capacity / settings.workload.mean_output_tokens
-    loadgen_report, start, end = _load(world, steps, settings, name, rate)
-    result = _measure(world, settings, name, loadgen_report, (start, end), settings.gpus)
+    rate = demand / settings.workload.mean_output_tokens
+    loadgen_report, window, cpu, sent = _load(world, steps, settings, name, rate)
+    result = _measure(world, settings, name, loadgen_report, window, gpus, cpu, sent)
     _undeploy(world, steps, name)
-    return DeploymentResult(name, title, prediction, result), rate
+    return DeploymentResult(name, title, prediction, result), demand
 
 
 def run_demo(settings: DemoSettings, console: Console) -> DemoReport:
@@ -445,13 +542,13 @@ def run_demo(settings: DemoSettings, console: Console) -> DemoReport:
                 world.start_operator()
             with steps.step("Starting Prometheus"):
                 world.start_prometheus(steps.log)
-            # The packing goes first: its predicted capacity sets the load both get.
-            packing = "Auto" if settings.packed_per_gpu is None else "Packed"
-            packed, rate = _run_one(
-                world, steps, settings, manifests.PACKED, packing, "slmpack", None
+            # One replica per GPU goes first: its predicted capacity sets the demand both get.
+            baseline, demand = _run_one(
+                world, steps, settings, manifests.BASELINE, "Exclusive", "one per GPU", None
             )
-            baseline, _ = _run_one(
-                world, steps, settings, manifests.BASELINE, "Exclusive", "one per GPU", rate
+            packing = "Auto" if settings.packed_per_gpu is None else "Packed"
+            packed, _ = _run_one(
+                world, steps, settings, manifests.PACKED, packing, "slmpack", demand
             )
         except BaseException:
             if world.operator is not None:
@@ -468,9 +565,11 @@ def run_demo(settings: DemoSettings, console: Console) -> DemoReport:
             gpu_product=manifests.H100,
             engine=settings.engine,
             sim_speedup=settings.sim_speedup,
-            request_rate_per_s=rate,
-            duration_s=settings.load_seconds * settings.sim_speedup,
-            window_s=settings.load_seconds * (1 - WARMUP_RATIO) * settings.sim_speedup,
+            demand_tokens_per_s=demand,
+            load_factor=settings.load_factor,
+            request_rate_per_s=demand / workload.mean_output_tokens,
+            duration_s=settings.load_seconds,
+            window_s=settings.load_seconds * (1 - WARMUP_RATIO),
             mean_input_tokens=workload.mean_input_tokens,
             mean_output_tokens=workload.mean_output_tokens,
             seed=settings.seed,

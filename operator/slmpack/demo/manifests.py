@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from slmpack.devcluster import gpu_nodes
+from slmpack.planner import types as planner_types
 
 GROUP, VERSION, PLURAL = "slmpack.dev", "v1alpha1", "slmdeployments"
 NAMESPACE = "slmpack-demo"
@@ -28,6 +29,9 @@ class Workload:
     mean_input_tokens: int = 111
     mean_output_tokens: int = 32
     output_spread_tokens: int = 16  # outputs are uniform in mean ± spread
+
+    def for_planner(self) -> planner_types.Workload:
+        return planner_types.Workload(self.mean_input_tokens, self.mean_output_tokens)
 
     @property
     def input_len(self) -> str:

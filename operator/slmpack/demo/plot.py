@@ -11,14 +11,19 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt
 
-from slmpack.demo.report import DemoReport
+from slmpack.demo.report import DemoReport, Prediction
 
 
 def write_plot(report: DemoReport, path: Path) -> None:
     results = (report.baseline, report.packed)
+
+    def label(title: str, prediction: Prediction) -> str:
+        gpus = f"{prediction.gpus} GPU{'s' if prediction.gpus != 1 else ''}"
+        return f"{title}\n{prediction.mode} x{prediction.replicas_per_gpu} on {gpus}"
+
     labels = [
-        f"one per GPU\n{report.baseline.prediction.mode}",
-        f"slmpack\n{report.packed.prediction.mode} x{report.packed.prediction.replicas_per_gpu}",
+        label("one per GPU", report.baseline.prediction),
+        label("slmpack", report.packed.prediction),
     ]
     panels = (
         (
@@ -43,7 +48,7 @@ def write_plot(report: DemoReport, path: Path) -> None:
             [x + width / 2 for x in xs],
             [p or 0.0 for p in predicted],
             width,
-            label="predicted (plan)",
+            label="predicted (planner, at this load)",
             color="#a9c4e8",
         )
         for x, value in zip(xs, measured, strict=True):
@@ -59,7 +64,10 @@ def write_plot(report: DemoReport, path: Path) -> None:
         ax.grid(axis="y", alpha=0.3)
     axes[0].legend(loc="upper left", fontsize=8)
     load = report.load
-    figure.suptitle(f"{load.model} on {load.gpu_product}, same load ({load.engine})")
+    figure.suptitle(
+        f"{load.model} on {load.gpu_product} ({load.engine}): the same demand, "
+        f"{load.demand_tokens_per_s:,.0f} output tokens/s"
+    )
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)

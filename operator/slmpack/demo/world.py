@@ -102,6 +102,9 @@ class World:
             self.config.address_pool,
             "--probe-period",
             "1",
+            # Only the H100 pool: the autotune act's nodes have a runner of their own.
+            "--nodes-selector",
+            f"{gpu_nodes.KUBELET_LABEL}=runner,{gpu_nodes.POOL_LABEL}={manifests.POOL}",
         ]
         self.started.append("runner")
         runner.up(argv, self.runner_dir, report=report)

@@ -14,8 +14,9 @@ Targets come from files (`file_sd`), not from `kubernetes_sd` against our apiser
 
 So the runner writes `pods.json` (one target per running pod whose template asks to be
 scraped, labelled `namespace`, `pod`, `node`, `slmdeployment`) and `dcgm.json` (one per
-node, labelled `node`) into its targets folder; `operator.json` names the operator's
-`/metrics`. Prometheus watches the files and picks up changes within seconds.
+node, labelled `node`) into its targets folder, and `node-agent.json` (each node's slmpack
+node agent, when the runner runs them); `operator.json` names the operator's `/metrics`.
+Prometheus watches the files and picks up changes within seconds.
 """
 
 from __future__ import annotations
@@ -52,6 +53,9 @@ PATH_ANNOTATION = "prometheus.io/path"
 SLMDEPLOYMENT_LABEL = "slmpack.dev/deployment"
 POD_TARGETS_FILE = "pods.json"
 DCGM_TARGETS_FILE = "dcgm.json"
+NODE_AGENT_TARGETS_FILE = "node-agent.json"
+#: The job of the node agents; scraped with honor_labels, as the chart's PodMonitor does.
+NODE_AGENT_JOB = "slmpack-node-agent"
 OPERATOR_TARGETS_FILE = "operator.json"
 LOG_TAIL_LINES = 40
 
@@ -171,8 +175,8 @@ def build_config(
     operator_targets_file: Path,
     scrape_interval_seconds: float = DEFAULT_SCRAPE_INTERVAL_SECONDS,
 ) -> dict[str, Any]:
-    """Prometheus' configuration: the runner's pods, each node's dcgm-sim, the operator and
-    Prometheus itself, all every `scrape_interval_seconds`."""
+    """Prometheus' configuration: the runner's pods, each node's dcgm-sim and node agent, the
+    operator and Prometheus itself, all every `scrape_interval_seconds`."""
     if scrape_interval_seconds <= 0:
         raise PrometheusError("The scrape interval must be positive, e.g. 5 (seconds)")
     interval = _duration(scrape_interval_seconds)
@@ -194,6 +198,12 @@ def build_config(
         "scrape_configs": [
             file_job("vllm", targets_dir / POD_TARGETS_FILE),
             file_job("dcgm", targets_dir / DCGM_TARGETS_FILE),
+            {
+                **file_job(NODE_AGENT_JOB, targets_dir / NODE_AGENT_TARGETS_FILE),
+                # The replica series name the vLLM pod (namespace, pod): keep them rather than
+                # let Prometheus rename them exported_*, or they would not join the vLLM series.
+                "honor_labels": True,
+            },
             file_job("slmpack-operator", operator_targets_file),
             {"job_name": "prometheus", "static_configs": [{"targets": ["localhost:9090"]}]},
         ],

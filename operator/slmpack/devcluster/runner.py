@@ -15,7 +15,10 @@ they lack its annotation) and plays their kubelet:
   `--max-grace-seconds`), SIGKILL to whatever is left, then the pod is removed from the API,
   as the kubelet confirms a deletion;
 - Prometheus: the running pods that ask to be scraped and each node's dcgm-sim are written
-  as file_sd targets (see `slmpack.devcluster.prometheus`).
+  as file_sd targets (see `slmpack.devcluster.prometheus`);
+- node agent (`node_agent`, off by default): the slmpack node agent of each node, over a
+  SIMULATED NVML of the node's GPUs (`slmpack.nodeagent.sim_nvml`), on the node's address,
+  port 9402, annotating its node with the GPU inventory; a file_sd target too.
 
 It is level-based: every `poll_interval` it lists its nodes and their pods and moves the local
 processes towards them. Nothing is kept but the processes: pod addresses and node subnets are
@@ -29,6 +32,7 @@ Layout of the state folder (default `$SLMPACK_CACHE/cluster/<name>/runner/`)::
     targets/               file_sd files for Prometheus
     nodes/<node>/sim/      the node's simulator state (shared by its sims and dcgm-sim)
     nodes/<node>/dcgm.log
+    nodes/<node>/node-agent.log
     pods/<ns>_<pod>_<uid>/<container>.log
 """
 
@@ -103,6 +107,15 @@ BACKOFF_RESET_SECONDS = 60.0
 START_RETRY_SECONDS = 5.0
 DEFAULT_MAX_GRACE_SECONDS = 30.0
 DCGM_RESTART_SECONDS = 5.0
+#: The node agent's port (`slmpack.nodeagent.app.DEFAULT_PORT`, not imported: the agent's
+#: module loads its server and NVML bindings, which the runner does not need).
+NODE_AGENT_PORT = 9402
+NODE_AGENT_MODULE = "slmpack.nodeagent"
+#: Seconds between the agent's passes: energy is split per pass, and the tests' windows are
+#: seconds long (a real node uses the agent's 10 s).
+NODE_AGENT_INTERVAL_SECONDS = 2.0
+#: GFD's label with the GPU memory NVML reports (MiB); the simulated NVML reports the same.
+GPU_MEMORY_LABEL = "nvidia.com/gpu.memory"
 STRATEGIC_MERGE = "application/strategic-merge-patch+json"
 MERGE_PATCH = "application/merge-patch+json"
 REQUEST_TIMEOUT_SECONDS = 30
@@ -244,6 +257,9 @@ class RunnerConfig:
     probe_period_seconds: float | None = None
     #: What every process inherits (PATH and the like); see `podexec.base_environment`.
     base_env: Mapping[str, str] = field(default_factory=dict)
+    #: Run the slmpack node agent of each node over a simulated NVML (costs a process and a
+    #: pass every few seconds per node, so it is opt-in).
+    node_agent: bool = False
 
     @property
     def targets_dir(self) -> Path:
@@ -269,6 +285,10 @@ class _Node:
     status_reported: float = 0.0
     dcgm: subprocess.Popen[bytes] | None = None
     dcgm_next_start: float = 0.0
+    #: The GPU memory NVML would report (GFD's label), for the simulated NVML; None: catalogue.
+    memory_mib: int | None = None
+    agent: subprocess.Popen[bytes] | None = None
+    agent_next_start: float = 0.0
 
 
 @dataclass
@@ -381,6 +401,8 @@ class Runner:
         for node in self.nodes.values():
             if node.dcgm is not None and node.dcgm.poll() is None:
                 node.dcgm.terminate()
+            if node.agent is not None and node.agent.poll() is None:
+                node.agent.terminate()
         stopped = await asyncio.to_thread(
             stop_marked, self.config.state_dir, min(10.0, self.config.max_grace_seconds)
         )
@@ -479,6 +501,7 @@ class Runner:
             ):
                 node.lease_renewed = now
             self._ensure_dcgm(node, now)
+            self._ensure_agent(node, now)
         for name in list(self.nodes):
             if name not in seen:
                 log.info(
@@ -502,7 +525,11 @@ class Runner:
                 taken.add(index)  # another runner (another cluster) uses that subnet
         subnet = loopback.node_subnet(pool, index)
         status = obj.get("status") or {}
-        gpus = gpu_devices.node_gpus(meta.get("labels") or {}, status.get("allocatable") or {})
+        labels = meta.get("labels") or {}
+        gpus = gpu_devices.node_gpus(labels, status.get("allocatable") or {})
+        memory_text = str(labels.get(GPU_MEMORY_LABEL, ""))
+        # Under MIG's single strategy the label holds an instance's memory, not the GPU's.
+        whole = "-MIG-" not in str(labels.get("nvidia.com/gpu.product", ""))
         node = _Node(
             name=name,
             uid=str(meta.get("uid", "")),
@@ -510,6 +537,7 @@ class Runner:
             ip=str(loopback.node_address(subnet)),
             gpus=gpus,
             ready_since=now,
+            memory_mib=int(memory_text) if whole and memory_text.isdigit() else None,
         )
         described = (
             f"{gpus.gpu_count}x {gpus.product}, {len(gpus.slots)} device slots"
@@ -522,6 +550,8 @@ class Runner:
     def _drop_node(self, node: _Node) -> None:
         if node.dcgm is not None and node.dcgm.poll() is None:
             node.dcgm.terminate()
+        if node.agent is not None and node.agent.poll() is None:
+            node.agent.terminate()
         for pod in self.pods.values():
             if pod.node == node.name and pod.terminating_since is None:
                 pod.vanished = True
@@ -563,6 +593,25 @@ class Runner:
             self.config.state_dir,
         )
         node.dcgm = self._spawn(command, self.config.node_dir(node.name) / "dcgm.log", sim_dir)
+
+    def _ensure_agent(self, node: _Node, now: float) -> None:
+        if not self.config.node_agent or node.gpus is None:
+            return
+        if node.agent is not None and node.agent.poll() is None:
+            return
+        if node.agent is not None:
+            log.warning("Node agent of node %s exited with %s", node.name, node.agent.returncode)
+            node.agent = None
+            node.agent_next_start = now + DCGM_RESTART_SECONDS
+        if now < node.agent_next_start:
+            return
+        sim_dir = self.config.node_dir(node.name) / "sim"
+        sim_dir.mkdir(parents=True, exist_ok=True)
+        command = node_agent_command(
+            node.name, node.gpus, node.ip, sim_dir, node.memory_mib, self.config
+        )
+        log_path = self.config.node_dir(node.name) / "node-agent.log"
+        node.agent = self._spawn(command, log_path, sim_dir)
 
     # -- pods ---------------------------------------------------------------------------------
 
@@ -974,6 +1023,11 @@ class Runner:
             for node in self.nodes.values()
             if node.dcgm is not None and node.dcgm.poll() is None
         }
+        agents = {
+            node.name: f"{node.ip}:{NODE_AGENT_PORT}"
+            for node in self.nodes.values()
+            if node.agent is not None and node.agent.poll() is None
+        }
         directory = self.config.targets_dir
         prometheus.write_targets(
             directory / prometheus.POD_TARGETS_FILE, prometheus.pod_targets_document(targets)
@@ -981,13 +1035,18 @@ class Runner:
         prometheus.write_targets(
             directory / prometheus.DCGM_TARGETS_FILE, prometheus.node_targets_document(exporters)
         )
+        prometheus.write_targets(
+            directory / prometheus.NODE_AGENT_TARGETS_FILE,
+            prometheus.node_targets_document(agents),
+        )
 
     def _write_status_file(self, now: float) -> None:
         document = {
             "pid": os.getpid(),
             "updated_unix": now,
             "nodes": {
-                n.name: {"ip": n.ip, "dcgm": n.dcgm is not None} for n in self.nodes.values()
+                n.name: {"ip": n.ip, "dcgm": n.dcgm is not None, "node_agent": n.agent is not None}
+                for n in self.nodes.values()
             },
             "pods": {
                 p.view.key: {
@@ -1005,6 +1064,57 @@ class Runner:
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(document, indent=1))
         tmp.replace(path)
+
+
+def node_agent_command(
+    node_name: str,
+    gpus: NodeGpus,
+    host_ip: str,
+    sim_state_dir: Path,
+    memory_mib: int | None,
+    config: RunnerConfig,
+) -> LocalCommand:
+    """The node's slmpack node agent over its simulated GPUs (pure), on the node's address.
+
+    It gets the runner's kubeconfig, as a node component with its own credentials would,
+    to list the node's pods and annotate the node; the pods never see it.
+    """
+    argv = [
+        config.engine.python,
+        "-m",
+        NODE_AGENT_MODULE,
+        "--node-name",
+        node_name,
+        "--host",
+        host_ip,
+        "--port",
+        str(NODE_AGENT_PORT),
+        "--interval",
+        f"{NODE_AGENT_INTERVAL_SECONDS:g}",
+        "--kubeconfig",
+        str(config.kubeconfig),
+        "--nvml-sim",
+        str(sim_state_dir),
+        "--sim-gpu",
+        gpus.product,
+        "--sim-gpu-count",
+        str(max(1, gpus.gpu_count)),
+        "--sim-speedup",
+        f"{config.engine.sim_speedup:g}",
+    ]
+    if memory_mib is not None:
+        argv += ["--sim-memory-mib", str(memory_mib)]
+    mig = sorted(
+        {(s.gpu, s.mig_profile, s.mig_instance) for s in gpus.slots if s.mig_profile is not None}
+    )
+    for gpu, profile, instance in mig:
+        argv += ["--sim-mig-device", f"{gpu}:{profile}:{instance}"]
+    env = {
+        **config.base_env,
+        RUNNER_DIR_ENV: str(config.state_dir),
+        RUNNER_POD_ENV: f"node:{node_name}",
+    }
+    return LocalCommand(tuple(argv), env, "node-agent")
 
 
 async def _wait_any(events: Sequence[asyncio.Event], timeout_seconds: float) -> None:

@@ -23,7 +23,7 @@ from slmpack.nodeagent.attribution import (
     energy_delta_joules,
     window_shares,
 )
-from slmpack.nodeagent.cgroups import parse_proc_cgroup
+from slmpack.nodeagent.cgroups import ContainerRef, parse_proc_cgroup
 from slmpack.nodeagent.inventory import ANNOTATION_KEY, annotation_value, inventory_from_reading
 from slmpack.nodeagent.metrics import ReplicaSample, Snapshot, SnapshotCollector
 from slmpack.nodeagent.nvml import GpuBackend, NvmlUnavailableError
@@ -34,6 +34,9 @@ logger = logging.getLogger("slmpack.nodeagent")
 
 Clock = Callable[[], float]
 CgroupReader = Callable[[int], "str | None"]
+#: A pid's pod and container; by default parsed from its cgroup (`CgroupReader`). The local
+#: world, whose processes sit in no kubepods cgroup, passes the runner's marker lookup.
+ContainerLocator = Callable[[int], "ContainerRef | None"]
 
 
 @dataclass(frozen=True)
@@ -150,10 +153,12 @@ class NodeAgent:
         wall_clock: Clock,
         pods: PodResolver | None = None,
         publisher: AnnotationPublisher | None = None,
+        locate: ContainerLocator | None = None,
     ) -> None:
         self.config = config
         self._backend = backend
         self._cgroups = cgroups
+        self._locate = locate or self._from_cgroup
         self._collector = collector
         self._health = health
         self._clock = clock
@@ -214,9 +219,12 @@ class NodeAgent:
                     error.error,
                 )
 
-    def _slot(self, pid: int, gpu_instance_id: int | None) -> Slot | None:
+    def _from_cgroup(self, pid: int) -> ContainerRef | None:
         text = self._cgroups(pid)
-        ref = parse_proc_cgroup(text) if text is not None else None
+        return parse_proc_cgroup(text) if text is not None else None
+
+    def _slot(self, pid: int, gpu_instance_id: int | None) -> Slot | None:
+        ref = self._locate(pid)
         if ref is None or self._pods is None:
             return None
         workload = self._pods.resolve(ref)

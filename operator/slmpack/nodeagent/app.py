@@ -4,7 +4,8 @@
 
 On a machine without a GPU, ``--nvml-fake tests/unit/data/nvml/h100-80gb.json`` serves a
 device file instead of NVML (a FAKE: nothing is measured), and ``--passes 2``
-prints the metrics of two passes and exits.
+prints the metrics of two passes and exits. In the local world the runner starts the agent
+with ``--nvml-sim STATE_DIR``: the SIMULATED GPUs of one runner node (`sim_nvml`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import generate_latest
@@ -30,6 +32,7 @@ from slmpack.nodeagent.agent import (
     AnnotationWriter,
     Backoff,
     CgroupReader,
+    ContainerLocator,
     Health,
     NodeAgent,
 )
@@ -39,6 +42,9 @@ from slmpack.nodeagent.metrics import SnapshotCollector
 from slmpack.nodeagent.nvml import GpuBackend, PynvmlBackend
 from slmpack.nodeagent.pods import PodResolver, PodSource, StaticPodSource
 from slmpack.nodeagent.server import start_server
+
+if TYPE_CHECKING:
+    from slmpack.nodeagent.sim_nvml import SimNvmlConfig
 
 logger = logging.getLogger("slmpack.nodeagent")
 
@@ -99,6 +105,33 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="FAKE NVML: answer from this device file instead of the GPUs (no GPU needed)",
     )
+    sim = parser.add_argument_group(
+        "simulation (the local world's runner nodes; nothing is measured)"
+    )
+    sim.add_argument(
+        "--nvml-sim",
+        type=Path,
+        default=None,
+        metavar="STATE_DIR",
+        help="SIMULATED NVML: read the simulated GPUs of this runner node's simulator state "
+        "folder, as dcgm-sim does; processes are mapped to pods by the runner's marker",
+    )
+    sim.add_argument("--sim-gpu", default="NVIDIA-H100-80GB-HBM3", help="GFD product name")
+    sim.add_argument("--sim-gpu-count", type=int, default=1)
+    sim.add_argument("--sim-speedup", type=_positive_float, default=1.0)
+    sim.add_argument(
+        "--sim-memory-mib",
+        type=int,
+        default=None,
+        help="memory total each simulated GPU reports (default: the catalogue's)",
+    )
+    sim.add_argument(
+        "--sim-mig-device",
+        action="append",
+        default=[],
+        metavar="GPU:PROFILE:INDEX",
+        help="a MIG device of the simulated node (repeatable)",
+    )
     parser.add_argument(
         "--proc-root", type=Path, default=Path("/proc"), help="where to read /proc/<pid>/cgroup"
     )
@@ -118,21 +151,56 @@ class _Wiring:
     cgroups: CgroupReader
     pod_source: PodSource | None
     annotation_writer: AnnotationWriter | None
+    locate: ContainerLocator | None = None
+
+
+def _sim_config(args: argparse.Namespace) -> SimNvmlConfig:
+    from slmpack.nodeagent.sim_nvml import SimMigDevice, SimNvmlConfig
+
+    try:
+        mig = tuple(SimMigDevice.parse(text) for text in args.sim_mig_device)
+    except ValueError as err:
+        raise SystemExit(f"--sim-mig-device takes GPU:PROFILE:INDEX: {err}") from err
+    return SimNvmlConfig(
+        state_dir=args.nvml_sim,
+        gpu=args.sim_gpu,
+        gpu_count=args.sim_gpu_count,
+        hostname=args.node_name,
+        speedup=args.sim_speedup,
+        memory_total_mib=args.sim_memory_mib,
+        mig_devices=mig,
+    )
 
 
 def _wire(args: argparse.Namespace) -> _Wiring:
     """Backend, cgroup reader and pod source for the arguments (exits on bad combinations)."""
+    if args.nvml_fake and args.nvml_sim:
+        raise SystemExit("--nvml-fake and --nvml-sim exclude each other")
     fake = FakeNvml.from_file(args.nvml_fake) if args.nvml_fake else None
-    if fake is not None:
+    locate: ContainerLocator | None = None
+    if args.nvml_sim:
+        # Imported here: the simulators and the planner's model load only in the local world.
+        from slmpack.nodeagent.sim_nvml import SimulatedNvml, runner_pod_locator
+
+        logger.warning(
+            "Serving a SIMULATED NVML over %s: its GPUs are simulated; nothing is measured",
+            args.nvml_sim,
+        )
+        proc_root: Path = args.proc_root
+        backend: GpuBackend = SimulatedNvml(_sim_config(args))
+        cgroups: CgroupReader = lambda pid: read_proc_cgroup(pid, proc_root)  # noqa: E731
+        locate = runner_pod_locator(proc_root)
+        file_pods = None
+    elif fake is not None:
         logger.warning(
             "Serving the FAKE NVML of %s: its GPUs are the file's; nothing is measured",
             args.nvml_fake,
         )
-        backend: GpuBackend = PynvmlBackend(fake.module())
-        cgroups: CgroupReader = fake.cgroup_of
+        backend = PynvmlBackend(fake.module())
+        cgroups = fake.cgroup_of
         file_pods = fake.pods()
     else:
-        proc_root: Path = args.proc_root
+        proc_root = args.proc_root
         backend = PynvmlBackend()
         cgroups = lambda pid: read_proc_cgroup(pid, proc_root)  # noqa: E731
         file_pods = None
@@ -159,7 +227,7 @@ def _wire(args: argparse.Namespace) -> _Wiring:
             logger.warning("No API server (%s): processes are not mapped to pods", err)
     if pod_source is None and api is not None:
         pod_source = api
-    return _Wiring(backend, cgroups, pod_source, api if args.annotate else None)
+    return _Wiring(backend, cgroups, pod_source, api if args.annotate else None, locate)
 
 
 def node_agent_main(argv: Sequence[str] | None = None) -> int:
@@ -191,6 +259,7 @@ def node_agent_main(argv: Sequence[str] | None = None) -> int:
             if wiring.annotation_writer is not None
             else None
         ),
+        locate=wiring.locate,
     )
     try:
         if args.passes > 0:

@@ -17,13 +17,14 @@ from dataclasses import dataclass, field
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from slmpack import metricnames as mn
 from slmpack.nodeagent.attribution import GpuKey, Method, Slot
 from slmpack.nodeagent.inventory import gfd_product_name
 from slmpack.nodeagent.readings import GpuReading, NodeReading
 
-GPU_LABELS = ("gpu", "UUID")
+GPU_LABELS = mn.NODE_AGENT_GPU_LABELS
 MIG_LABELS = (*GPU_LABELS, "GPU_I_ID", "GPU_I_PROFILE")
-REPLICA_LABELS = ("namespace", "pod", "container", *GPU_LABELS, "GPU_I_ID")
+REPLICA_LABELS = mn.NODE_AGENT_REPLICA_LABELS
 
 _MW_PER_W = 1000.0
 _MJ_PER_J = 1000.0
@@ -84,9 +85,7 @@ def gpu_families(reading: NodeReading) -> list[Metric]:
         GPU_LABELS,
     )
     energy = _counter(
-        "slmpack_gpu_energy_joules",
-        "Energy since the driver loaded (nvmlDeviceGetTotalEnergyConsumption).",
-        GPU_LABELS,
+        mn.NODE_AGENT_GPU_ENERGY.name, mn.NODE_AGENT_GPU_ENERGY.documentation, GPU_LABELS
     )
     sm = _gauge(
         "slmpack_gpu_sm_utilization_ratio",
@@ -178,10 +177,9 @@ def replica_families(snapshot: Snapshot) -> list[Metric]:
         REPLICA_LABELS,
     )
     energy = _counter(
-        "slmpack_replica_energy_joules",
-        "GPU energy attributed to the container; method says how the GPU's energy was split "
-        "(sm_utilization, memory or even; docs/nodeagent.md). Sum over method for the total.",
-        (*REPLICA_LABELS, "method"),
+        mn.NODE_AGENT_REPLICA_ENERGY.name,
+        mn.NODE_AGENT_REPLICA_ENERGY.documentation,
+        mn.NODE_AGENT_REPLICA_ENERGY.labels,
     )
     unattributed = _counter(
         "slmpack_gpu_unattributed_energy_joules",

@@ -12,6 +12,9 @@ processing: `cpu_s`) and a GPU phase (`gpu_s`). The GPU phase follows a roofline
               paper identifies)
     flops = (decode tokens + prefill tokens admitted this step) * FLOPs per token
 
+In the steady state a batch of B admits B / mean_output prompts per step (chunked prefill), and
+B is capped by max_num_seqs, the KV cache and the step's token budget (`saturated_batch`).
+
 Several engines on one GPU overlap one engine's CPU phase with another's GPU phase, which is
 where packing gains throughput. When k engines are in their GPU phase together, the GPU serves
 them at an aggregate speed r(k) relative to one engine alone:
@@ -426,9 +429,7 @@ def predict(
         raise ValueError("load_ratio must lie strictly between 0 and 1")
     engines = shape.engines_per_device
     device = shape.device
-    # A running sequence holds up to input+output tokens of KV; beyond that vLLM preempts.
-    kv_limited = kv_capacity_tokens / workload.tokens_per_request
-    batch = max(1.0, min(float(engine.max_num_seqs), kv_limited))
+    batch = saturated_batch(engine, workload, kv_capacity_tokens)
     steps = _StepCosts.of(model, engine, workload, device, params)
     saturated = colocated_cycle(steps.at(batch), engines, shape.mode, device, params)
     replicas = engines * shape.devices_per_gpu
@@ -438,16 +439,7 @@ def predict(
     operating = _operating_cycle(steps, shape, saturated, output_tps * load_ratio / replicas)
     latency = _latencies(model, engine, workload, shape, params, operating, batch)
 
-    busy_one = min(1.0, saturated.gpu_phase_s / saturated.cycle_s)
-    device_busy = 1.0 - (1.0 - busy_one) ** engines
-    bytes_per_s = replicas * saturated.step.bytes_moved / saturated.cycle_s
-    flops_per_s = replicas * saturated.step.flops / saturated.cycle_s
-    dram_active = min(1.0, bytes_per_s / gpu.memory_bandwidth_bytes_per_s)
-    # MIG instances run side by side: the whole GPU is busy in proportion to the slices in use.
-    busy = device_busy * (shape.device.flops_per_s * shape.devices_per_gpu / gpu.bf16_dense_flops)
-    busy = min(1.0, busy)
-    tensor_active = min(1.0, flops_per_s / gpu.bf16_dense_flops)
-    power = power_watts(gpu, dram_active, busy, params)
+    activity = _activity(gpu, shape, saturated, params)
     return PerfPoint(
         total_tokens_per_s=output_tps * total_factor,
         output_tokens_per_s=output_tps,
@@ -456,11 +448,109 @@ def predict(
         itl_p99_s=latency.itl_p99_s,
         ttft_p50_s=latency.ttft_p50_s,
         ttft_p99_s=latency.ttft_p99_s,
-        gpu_busy_ratio=busy,
-        dram_active_ratio=dram_active,
-        tensor_active_ratio=tensor_active,
-        power_watts=power,
+        gpu_busy_ratio=activity.busy_ratio,
+        dram_active_ratio=activity.dram_active_ratio,
+        tensor_active_ratio=activity.tensor_active_ratio,
+        power_watts=activity.power_watts,
     )
+
+
+@dataclass(frozen=True)
+class LoadPoint:
+    """One GPU of a packing carrying a given output load below saturation."""
+
+    output_tokens_per_s: float  # per GPU, as offered
+    load_ratio: float  # of the saturated throughput
+    batch_per_replica: float  # running sequences that carry the load (Little's law)
+    step_s: float  # mean inter-token latency at that batch
+    gpu_busy_ratio: float
+    power_watts: float
+
+    @property
+    def tokens_per_joule(self) -> float:
+        """Output tokens per joule."""
+        return self.output_tokens_per_s / self.power_watts if self.power_watts > 0 else 0.0
+
+
+def predict_at_load(
+    model: ModelSpec,
+    gpu: GPUSpec,
+    shape: PackingShape,
+    engine: EngineSettings,
+    workload: Workload,
+    kv_capacity_tokens: float,
+    params: PerfParams,
+    output_tokens_per_s: float,
+) -> LoadPoint:
+    """Batch, step and power of one GPU serving `output_tokens_per_s` (below saturation).
+
+    `predict` reports power at saturation, where the reference figures were measured. A GPU
+    serving less runs smaller batches whose steps are shorter but no less busy: the weight
+    reads and the fixed per-step costs stay, so its power falls far less than its load.
+    """
+    engines = shape.engines_per_device
+    replicas = engines * shape.devices_per_gpu
+    batch = saturated_batch(engine, workload, kv_capacity_tokens)
+    steps = _StepCosts.of(model, engine, workload, shape.device, params)
+    saturated = colocated_cycle(steps.at(batch), engines, shape.mode, shape.device, params)
+    capacity = replicas * batch / saturated.cycle_s
+    if not 0.0 < output_tokens_per_s < capacity:
+        raise ValueError(
+            f"a load of {output_tokens_per_s:.0f} output tokens/s is not below this packing's "
+            f"saturated {capacity:.0f}"
+        )
+    operating = _operating_cycle(steps, shape, saturated, output_tokens_per_s / replicas)
+    activity = _activity(gpu, shape, operating, params)
+    return LoadPoint(
+        output_tokens_per_s=output_tokens_per_s,
+        load_ratio=output_tokens_per_s / capacity,
+        batch_per_replica=operating.step.running_seqs,
+        step_s=operating.cycle_s,
+        gpu_busy_ratio=activity.busy_ratio,
+        power_watts=activity.power_watts,
+    )
+
+
+@dataclass(frozen=True)
+class _Activity:
+    busy_ratio: float
+    dram_active_ratio: float
+    tensor_active_ratio: float
+    power_watts: float
+
+
+def _activity(gpu: GPUSpec, shape: PackingShape, cycle: Cycle, params: PerfParams) -> _Activity:
+    """What DCGM would read off the whole GPU while every replica runs `cycle`."""
+    engines = shape.engines_per_device
+    replicas = engines * shape.devices_per_gpu
+    busy_one = min(1.0, cycle.gpu_phase_s / cycle.cycle_s)
+    device_busy = 1.0 - (1.0 - busy_one) ** engines
+    bytes_per_s = replicas * cycle.step.bytes_moved / cycle.cycle_s
+    flops_per_s = replicas * cycle.step.flops / cycle.cycle_s
+    dram_active = min(1.0, bytes_per_s / gpu.memory_bandwidth_bytes_per_s)
+    # MIG instances run side by side: the whole GPU is busy in proportion to the slices in use.
+    busy = device_busy * (shape.device.flops_per_s * shape.devices_per_gpu / gpu.bf16_dense_flops)
+    busy = min(1.0, busy)
+    tensor_active = min(1.0, flops_per_s / gpu.bf16_dense_flops)
+    return _Activity(busy, dram_active, tensor_active, power_watts(gpu, dram_active, busy, params))
+
+
+def saturated_batch(engine: EngineSettings, workload: Workload, kv_capacity_tokens: float) -> float:
+    """Running sequences of one saturated engine: the smallest of three limits.
+
+    - `max_num_seqs`;
+    - the KV cache: a running sequence holds up to input + output tokens; beyond that vLLM
+      preempts;
+    - the step's token budget: vLLM's chunked prefill shares `max_num_batched_tokens` per step
+      between decodes (one token each) and prompt chunks. A batch of B sequences finishes, and
+      so admits, B / mean_output requests per step, so each step carries B * (1 + input /
+      output) tokens. With short outputs this binds first: new prompts crowd out decodes and
+      the batch never reaches `max_num_seqs`.
+    """
+    kv_limited = kv_capacity_tokens / workload.tokens_per_request
+    per_seq_tokens = 1.0 + workload.mean_input_tokens / workload.mean_output_tokens
+    budget_limited = engine.max_num_batched_tokens / per_seq_tokens
+    return max(1.0, min(float(engine.max_num_seqs), kv_limited, budget_limited))
 
 
 def power_watts(gpu: GPUSpec, dram_active: float, busy: float, params: PerfParams) -> float:

@@ -5,7 +5,8 @@ Pure: records and a time in, readings and exposition text out.
 - DRAM activity: the engines' bytes per second over the GPU's peak bandwidth.
 - Busy ratio (GR engine active, SM active, GPU utilisation): the chance that at least one
   engine has kernels running, 1 - prod(1 - busy_i), as the planner's `predict` combines engines.
-  MIG instances add up in proportion to their compute slices (of 7).
+  MIG instances add up in proportion to their compute slices (of 7); an instance is a
+  (profile, index) pair, indices counting per profile as the device plugin numbers them.
 - Tensor pipe activity: FLOP/s over the GPU's dense BF16 peak.
 - Power: the planner's `power_watts` on those ratios; energy integrates it over time.
 - Framebuffer: the driver's reserve (planner `GPU_RESERVED_BYTES`) is reported as reserved,
@@ -99,12 +100,13 @@ def read_gpu(
     instances: list[Reading] = []
     if mig:
         busy = 0.0
-        by_instance: dict[int, list[EngineRecord]] = {}
+        by_instance: dict[tuple[str, int], list[EngineRecord]] = {}
         for r in mig:
-            assert r.mig_instance is not None
-            by_instance.setdefault(r.mig_instance, []).append(r)
-        for index, members in sorted(by_instance.items()):
-            profile = gpu.mig_profile(members[0].mig_profile or "")
+            device = r.mig_device
+            assert device is not None
+            by_instance.setdefault(device, []).append(r)
+        for (profile_name, index), members in sorted(by_instance.items()):
+            profile = gpu.mig_profile(profile_name)
             inst_busy = _busy(members, now_unix)
             busy += inst_busy * profile.compute_slices / 7
             used = sum(r.reserved_bytes for r in members) // MIB

@@ -84,6 +84,18 @@ class EngineRecord:
         act = Activity(**{k: v for k, v in activity.items() if k in act_known})
         return cls(activity=act, **data)
 
+    @property
+    def mig_device(self) -> tuple[str, int] | None:
+        """The MIG instance the engine runs on, (profile, index), or None on a whole GPU.
+
+        Instances are numbered per profile (the device plugin's `nvidia.com/mig-<profile>`
+        units), so a 1g.10gb #0 and a 2g.20gb #0 on one GPU are two devices: the index alone
+        does not name one.
+        """
+        if self.mig_instance is None:
+            return None
+        return (self.mig_profile or "", self.mig_instance)
+
     def fresh_activity(self, now_unix: float) -> Activity:
         if now_unix - self.updated_unix > ACTIVITY_EXPIRY_S:
             return Activity()

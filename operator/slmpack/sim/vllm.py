@@ -307,6 +307,8 @@ class SimServer:
         )
         granted: list[MemoryGrant] = []
 
+        own_device = (config.sim_mig_profile or "", config.sim_mig_instance) if mig else None
+
         def admit(records: list[EngineRecord]) -> EngineRecord:
             sharing = []
             for record in records:
@@ -316,16 +318,11 @@ class SimServer:
                         f"{'MIG' if not mig else 'non-MIG'} engines ({record.served_model_name}); "
                         "MIG and whole-GPU engines cannot share a GPU"
                     )
-                if mig and record.mig_instance == config.sim_mig_instance:
-                    if record.mig_profile != config.sim_mig_profile:
-                        raise SimStartupError(
-                            f"MIG instance {config.sim_mig_instance} of simulated GPU "
-                            f"{config.sim_device_id} is a {record.mig_profile}, not a "
-                            f"{config.sim_mig_profile}"
-                        )
+                # Engines on the same device share its memory; other MIG instances have their own.
+                if record.mig_device == own_device:
                     sharing.append(record)
-                elif not mig:
-                    sharing.append(record)
+            if mig:
+                _check_mig_layout(resolved.gpu, config, records)
             granted.append(grant(sum(r.reserved_bytes for r in sharing)))
             return self._new_record(granted[0].reserved_bytes)
 
@@ -358,7 +355,7 @@ class SimServer:
         assert self.state is not None
         assert self.runner is not None
         state, runner = self.state, self.runner
-        mig_instance = self._record.mig_instance if self._record else None
+        mig_device = self._record.mig_device if self._record else None
         while True:
             await asyncio.sleep(self.config.sim_publish_interval_s)
             try:
@@ -369,11 +366,26 @@ class SimServer:
                 duties = tuple(
                     r.fresh_activity(now).duty_ratio
                     for r in state.records(exclude=self.engine_id)
-                    if r.mig_instance == mig_instance
+                    if r.mig_device == mig_device
                 )
                 runner.set_neighbour_duties(tuple(d for d in duties if d > 0.0))
             except OSError as err:
                 logger.warning("Could not update the simulated GPU state: %s", err)
+
+
+def _check_mig_layout(gpu: GPUSpec, config: VllmSimConfig, records: list[EngineRecord]) -> None:
+    """Refuse an instance that the GPU's slices cannot hold beside those already in use."""
+    devices = {r.mig_device for r in records if r.mig_device is not None}
+    devices.add((config.sim_mig_profile or "", config.sim_mig_instance))
+    profiles = [gpu.mig_profile(name) for name, _ in devices]
+    compute = sum(p.compute_slices for p in profiles)
+    memory = sum(p.memory_slices for p in profiles)
+    if compute > 7 or memory > 8:
+        layout = ", ".join(f"{name} #{index}" for name, index in sorted(devices))
+        raise SimStartupError(
+            f"simulated GPU {config.sim_device_id} cannot hold MIG instances {layout}: they need "
+            f"{compute} of 7 compute and {memory} of 8 memory slices"
+        )
 
 
 def _bound_port(runner: web.AppRunner, wanted: int) -> int:
