@@ -75,3 +75,14 @@ def test_quick_demo_serves_the_same_demand_on_fewer_gpus(tmp_path: Path) -> None
     assert ratios["tokens_per_joule"] == pytest.approx(
         ratios["predicted_tokens_per_joule"], rel=0.10
     )
+
+    # The last act: the autotuner scales out under the load step and back in after it.
+    act = document["autotune"]
+    assert (out / "autotune.png").stat().st_size > 0
+    assert "## The autotuner at work" in (out / "report.md").read_text()
+    changes = [(d["action"], d["reason"]) for d in act["decisions"] if d["action"] != "Hold"]
+    assert ("Scale", "LoadRose") in changes, act["decisions"]
+    assert ("Scale", "LoadFell") in changes, act["decisions"]
+    assert act["peak_replicas"] >= 2, act["decisions"]
+    assert act["final_replicas"] < act["peak_replicas"], act["decisions"]
+    assert act["completed"] > 0

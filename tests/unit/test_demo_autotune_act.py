@@ -53,3 +53,30 @@ def test_peak_and_final_replicas_come_from_the_samples() -> None:
     assert (result.peak_replicas, result.final_replicas) == (4, 1)
     assert result.as_dict()["peak_replicas"] == 4
     assert act.ActResult((), (), 0, 0, "").final_replicas == 0
+
+
+def test_the_report_shows_changes_and_the_first_steady_hold_after_each() -> None:
+    from slmpack.demo.report import autotune_rows
+
+    def row(at: float, action: str, reason: str, a: int, b: int) -> act.DecisionRow:
+        return act.DecisionRow(at, action, reason, a, b, f"{action} {reason}")
+
+    decisions = (
+        row(1, "Hold", "Settling", 1, 1),
+        row(5, "Hold", "Steady", 1, 1),
+        row(9, "Hold", "Steady", 1, 1),
+        row(20, "Scale", "LoadRose", 1, 3),
+        row(24, "Hold", "Settling", 3, 3),
+        row(40, "Hold", "Steady", 3, 3),
+        row(60, "Scale", "LoadFell", 3, 2),
+    )
+    result = act.ActResult((), decisions, 1, 0, "Exclusive x1 seqs=128")
+
+    rows = autotune_rows(result)
+
+    assert [(r[0], r[1], r[2], r[3]) for r in rows] == [
+        ("5", "Hold", "Steady", "1"),
+        ("20", "Scale", "LoadRose", "1 -> 3"),
+        ("40", "Hold", "Steady", "3"),
+        ("60", "Scale", "LoadFell", "3 -> 2"),
+    ]

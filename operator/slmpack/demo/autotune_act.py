@@ -62,7 +62,7 @@ class Stage:
 STAGES = (
     Stage("light load", 6, 45.0),
     Stage("load step", 256, 70.0),
-    Stage("load falls", 4, 100.0),
+    Stage("load falls", 4, 115.0),
 )
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import json
 import math
 import os
@@ -37,7 +38,8 @@ from rich.progress import (
 
 from slmpack import metricnames
 from slmpack.demo import manifests, measure
-from slmpack.demo.plot import write_plot
+from slmpack.demo.autotune_act import STAGES, ActResult, AutotuneAct, Stage
+from slmpack.demo.plot import write_autotune_plot, write_plot
 from slmpack.demo.prediction import DeployedPacking, deployed_packing
 from slmpack.demo.report import (
     DemoReport,
@@ -45,6 +47,7 @@ from slmpack.demo.report import (
     LoadSettings,
     Measurement,
     Prediction,
+    autotune_table,
     table,
     to_markdown,
 )
@@ -85,6 +88,8 @@ class DemoSettings:
     workload: manifests.Workload
     #: Engines per GPU of the packing; None lets the operator choose (sharing Auto).
     packed_per_gpu: int | None = None
+    #: Run the last act, the autotuner under a load step (about 4 minutes).
+    autotune: bool = True
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -96,6 +101,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", type=Path, default=Path("demo-report"), help="results folder")
     p.add_argument("--quick", action="store_true", help="15 simulated seconds of load each, not 40")
+    p.add_argument(
+        "--no-autotune",
+        dest="autotune",
+        action="store_false",
+        help="skip the last act (the autotuner under a load step, about 4 minutes)",
+    )
     p.add_argument(
         "--real",
         action="store_true",
@@ -149,6 +160,7 @@ def settings_from_args(args: argparse.Namespace) -> DemoSettings:
             seed=args.seed,
             workload=manifests.Workload(64, 16, 8),
             packed_per_gpu=2,
+            autotune=args.autotune,
         )
     return DemoSettings(
         out=args.out,
@@ -162,6 +174,7 @@ def settings_from_args(args: argparse.Namespace) -> DemoSettings:
         address_pool=args.address_pool,
         seed=args.seed,
         workload=manifests.Workload(),
+        autotune=args.autotune,
     )
 
 
@@ -550,6 +563,7 @@ def run_demo(settings: DemoSettings, console: Console) -> DemoReport:
             packed, _ = _run_one(
                 world, steps, settings, manifests.PACKED, packing, "slmpack", demand
             )
+            autotuned = _autotune_act(world, steps, settings) if settings.autotune else None
         except BaseException:
             if world.operator is not None:
                 console.print(f"--- operator log (tail) ---\n{world.operator.log_tail(30)}")
@@ -577,7 +591,49 @@ def run_demo(settings: DemoSettings, console: Console) -> DemoReport:
         baseline=baseline,
         packed=packed,
         wall_seconds=time.monotonic() - started,
+        autotune=autotuned,
     )
+
+
+def _act_address_pool(pool: str) -> str:
+    """The loopback block next to the demo's (127.A.0.0/16 -> 127.A+1.0.0/16)."""
+    network = ipaddress.ip_network(pool, strict=False)
+    return str(
+        ipaddress.ip_network(
+            (int(network.network_address) + network.num_addresses, network.prefixlen)
+        )
+    )
+
+
+def _autotune_act(world: World, steps: _Steps, settings: DemoSettings) -> ActResult:
+    assert world.kubeconfig is not None
+    act = AutotuneAct(
+        kubeconfig=world.kubeconfig,
+        api_client=world.api,
+        state_dir=world.cluster_dir / "autotune",
+        logs_dir=settings.out / "logs",
+        address_pool=_act_address_pool(settings.address_pool),
+    )
+    try:
+        with steps.step("Autotune act: a second runner, 4 simulated L4s, Prometheus, operator"):
+            act.start(steps.log)
+        total = sum(stage.seconds for stage in STAGES)
+        with steps.step("Autotune act: light load, a load step, and back", total=total) as task:
+            done_before = {
+                stage.name: sum(s.seconds for s in STAGES[:i]) for i, stage in enumerate(STAGES)
+            }
+
+            def progress(stage: Stage, elapsed: float) -> None:
+                steps.progress.update(task, completed=round(done_before[stage.name] + elapsed))
+
+            return act.run(progress)
+    except BaseException:
+        if act.operator is not None:
+            steps.log(f"--- autotune act operator log (tail) ---\n{act.operator.log_tail(30)}")
+        raise
+    finally:
+        for error in act.stop(steps.log):
+            steps.log(f"Could not stop {error}")
 
 
 def write_report(report: DemoReport, out: Path) -> dict[str, Path]:
@@ -589,6 +645,9 @@ def write_report(report: DemoReport, out: Path) -> dict[str, Path]:
     }
     paths["json"].write_text(json.dumps(report.to_dict(), indent=2) + "\n")
     write_plot(report, paths["plot"])
+    if report.autotune is not None:
+        paths["autotune_plot"] = out / "autotune.png"
+        write_autotune_plot(report.autotune, paths["autotune_plot"])
     paths["markdown"].write_text(to_markdown(report, paths["plot"].name))
     return paths
 
@@ -614,6 +673,8 @@ def demo_main(argv: Sequence[str] | None = None) -> int:
         return 1
     paths = write_report(report, settings.out)
     console.print(table(report))
+    if report.autotune is not None:
+        console.print(autotune_table(report.autotune))
     console.print(
         f"Report: {paths['markdown']} (JSON {paths['json']}, plot {paths['plot']}); "
         f"{report.wall_seconds:.0f} s in all"

@@ -11,6 +11,7 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt
 
+from slmpack.demo.autotune_act import ActResult
 from slmpack.demo.report import DemoReport, Prediction
 
 
@@ -71,3 +72,34 @@ def write_plot(report: DemoReport, path: Path) -> None:
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
+
+
+def write_autotune_plot(act: ActResult, path: Path) -> None:
+    """Replicas (set and ready) and the load's clients over time, each decision marked."""
+    fig, replicas_axis = plt.subplots(figsize=(9, 4))
+    times = [s.at_s for s in act.samples]
+    replicas_axis.step(times, [s.replicas for s in act.samples], where="post", label="replicas")
+    replicas_axis.step(
+        times, [s.ready for s in act.samples], where="post", linestyle="--", label="ready"
+    )
+    replicas_axis.set_xlabel("seconds since the load started")
+    replicas_axis.set_ylabel("vLLM replicas (1 per L4)")
+    replicas_axis.set_ylim(0, max([s.replicas for s in act.samples] + [1]) + 1)
+    clients_axis = replicas_axis.twinx()
+    clients_axis.plot(times, [s.clients for s in act.samples], color="grey", alpha=0.5)
+    clients_axis.set_ylabel("load: concurrent clients", color="grey")
+    for row in act.decisions:
+        if row.action != "Hold" and row.at_s is not None:
+            replicas_axis.axvline(row.at_s, color="red", alpha=0.4)
+            replicas_axis.annotate(
+                f"{row.action} {row.reason}",
+                (row.at_s, replicas_axis.get_ylim()[1] * 0.95),
+                rotation=90,
+                fontsize=7,
+                va="top",
+            )
+    replicas_axis.legend(loc="upper left")
+    replicas_axis.set_title("slmpack autotune, Auto mode: replicas follow the load")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -12,6 +12,8 @@ from typing import Any
 
 from rich.table import Table
 
+from slmpack.demo.autotune_act import STAGES, ActResult
+
 SCHEMA_VERSION = 2
 
 
@@ -112,6 +114,8 @@ class DemoReport:
     baseline: DeploymentResult
     packed: DeploymentResult
     wall_seconds: float
+    #: The last act: the autotuner's moves under a load step (None when skipped).
+    autotune: ActResult | None = None
 
     @property
     def throughput_ratio(self) -> float:
@@ -176,6 +180,7 @@ class DemoReport:
                 "predicted_throughput_per_gpu": self.predicted_throughput_ratio,
                 "predicted_tokens_per_joule": self.predicted_tokens_per_joule_ratio,
             },
+            "autotune": self.autotune.as_dict() if self.autotune is not None else None,
             "wall_seconds": self.wall_seconds,
         }
 
@@ -380,4 +385,60 @@ def to_markdown(report: DemoReport, plot_file: str) -> str:
         f"Wall time of the demo: {report.wall_seconds:.0f} s.",
         "",
     ]
+    if report.autotune is not None:
+        lines += autotune_markdown(report.autotune)
     return "\n".join(lines)
+
+
+AUTOTUNE_HEADERS = ("time (s)", "action", "reason", "replicas", "message")
+
+
+def autotune_rows(act: ActResult) -> list[tuple[str, str, str, str, str]]:
+    """The decisions that changed something, and the first steady hold after each."""
+    out = []
+    last_shown = ""
+    for row in act.decisions:
+        if row.action == "Hold" and (row.reason != "Steady" or last_shown == "Steady"):
+            continue
+        last_shown = row.reason if row.action == "Hold" else row.action
+        replicas = (
+            f"{row.replicas_from} -> {row.replicas_to}"
+            if row.replicas_from != row.replicas_to
+            else str(row.replicas_to)
+        )
+        at = f"{row.at_s:.0f}" if row.at_s is not None else "-"
+        out.append((at, row.action, row.reason, replicas, row.message))
+    return out
+
+
+def autotune_caption(act: ActResult) -> str:
+    stages = ", ".join(f"{s.name} ({s.clients} clients, {s.seconds:.0f} s)" for s in STAGES)
+    return (
+        f"The autotuner at work: {act.packing} of Llama-3.1-8B on simulated L4s in real time, "
+        f"autotune.mode Auto, closed-loop load: {stages}. Replicas peaked at "
+        f"{act.peak_replicas} and ended at {act.final_replicas}; {act.completed:,} requests "
+        f"served, {act.failed:,} failed (pods being replaced or removed)"
+    )
+
+
+def autotune_table(act: ActResult) -> Table:
+    table = Table(title="slmpack demo: the autotuner's decisions", caption=autotune_caption(act))
+    for header in AUTOTUNE_HEADERS:
+        table.add_column(header, justify="right" if header == "time (s)" else "left")
+    for row in autotune_rows(act):
+        table.add_row(*row)
+    return table
+
+
+def autotune_markdown(act: ActResult) -> list[str]:
+    lines = [
+        "## The autotuner at work",
+        "",
+        autotune_caption(act) + ".",
+        "",
+        "| " + " | ".join(AUTOTUNE_HEADERS) + " |",
+        "|" + "---|" * len(AUTOTUNE_HEADERS),
+    ]
+    lines += ["| " + " | ".join(row) + " |" for row in autotune_rows(act)]
+    lines += ["", "![replicas over time](autotune.png)", ""]
+    return lines
