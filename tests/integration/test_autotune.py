@@ -25,7 +25,8 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from slmpack.devcluster import gpu_nodes, prometheus
+from slmpack.demo import autotune_act as act
+from slmpack.devcluster import prometheus
 from slmpack.devcluster.operator_process import OperatorProcess
 from slmpack.loadgen.closed_loop import ClosedLoop
 
@@ -44,9 +45,7 @@ from .runner_world import (
 
 pytestmark = pytest.mark.cluster
 
-NAME = "tuned"
-L4 = "NVIDIA-L4"
-GPUS = 4
+NAME = act.NAME
 #: Real time: the rates Prometheus sees are the simulated GPU's, so the planner's prior holds.
 #: An 8B model on L4s makes about a thousand tokens/s per GPU, which two cores can serve.
 SPEEDUP = 1
@@ -62,8 +61,6 @@ OPERATOR_ENV = {
     "SLMPACK_AUTOTUNE_REPACK_COOLDOWN_SECONDS": "600",
     "SLMPACK_PROMETHEUS_TIMEOUT_SECONDS": "3",
 }
-MAX_TOKENS = 48
-PROMPT = "Pack the GPUs until the tokens per joule stop rising. " * 6
 
 
 @dataclass(frozen=True)
@@ -96,16 +93,7 @@ def world(
             runner_dir,
             label=TEST_LABEL,
             tag=tag,
-            pools=[
-                {
-                    "name": pool,
-                    "count": 1,
-                    "gpuProduct": L4,
-                    "gpusPerNode": GPUS,
-                    "cpuCores": 48,
-                    "memoryGib": 192,
-                }
-            ],
+            pools=[act.node_pool(pool)],
             address_pool=ADDRESS_POOL,
             sim_speedup=SPEEDUP,
             runner_args=["--probe-period", "1"],
@@ -191,37 +179,14 @@ def _history(world: World) -> str:
 def test_auto_mode_converges_follows_a_load_step_and_holds_without_prometheus(
     world: World,
 ) -> None:
-    spec = {
-        "model": {"uri": "hf://meta-llama/Llama-3.1-8B", "servedName": "llama"},
-        "gpu": {
-            "products": [L4],
-            "sharing": "Exclusive",
-            "nodeSelector": {gpu_nodes.POOL_LABEL: world.pool},
-        },
-        "autotune": {
-            "mode": "Auto",
-            "minReplicas": 1,
-            "maxReplicas": GPUS,
-            "objective": "Balanced",
-        },
-        "workload": {"meanInputTokens": 64, "meanOutputTokens": MAX_TOKENS},
-    }
+    body = act.slm_deployment(world.namespace, world.pool)
     client.CustomObjectsApi(world.api_client).create_namespaced_custom_object(
-        GROUP,
-        VERSION,
-        world.namespace,
-        PLURAL,
-        {
-            "apiVersion": f"{GROUP}/{VERSION}",
-            "kind": "SLMDeployment",
-            "metadata": {"name": NAME},
-            "spec": spec,
-        },
+        GROUP, VERSION, world.namespace, PLURAL, body
     )
     wait_for(lambda: len(_ready_pods(world)) == 1, "the first replica to be Ready", 90)
     assert _deployment_replicas(world) == 1
 
-    load = ClosedLoop(model="llama", prompt=PROMPT, max_tokens=MAX_TOKENS)
+    load = ClosedLoop(model=act.SERVED_NAME, prompt=act.PROMPT, max_tokens=act.MAX_TOKENS)
     stop = threading.Event()
     _follow_endpoints(world, load, stop)
     load.start(max_concurrency=256)

@@ -144,17 +144,17 @@ def decision_rows(
     return tuple(rows)
 
 
-def slm_deployment() -> dict[str, Any]:
+def slm_deployment(namespace: str = NAMESPACE, pool: str = POOL) -> dict[str, Any]:
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": "SLMDeployment",
-        "metadata": {"name": NAME, "namespace": NAMESPACE},
+        "metadata": {"name": NAME, "namespace": namespace},
         "spec": {
             "model": {"uri": "hf://meta-llama/Llama-3.1-8B", "servedName": SERVED_NAME},
             "gpu": {
                 "products": [L4],
                 "sharing": "Exclusive",
-                "nodeSelector": {gpu_nodes.POOL_LABEL: POOL},
+                "nodeSelector": {gpu_nodes.POOL_LABEL: pool},
             },
             "autotune": {
                 "mode": "Auto",
@@ -167,23 +167,21 @@ def slm_deployment() -> dict[str, Any]:
     }
 
 
+def node_pool(name: str = POOL) -> dict[str, Any]:
+    """One node of four L4s whose kubelet is a runner (a fleet file's pool entry)."""
+    return {
+        "name": name,
+        "count": 1,
+        "gpuProduct": L4,
+        "gpusPerNode": GPUS,
+        "cpuCores": 48,
+        "memoryGib": 192,
+        "kubelet": "runner",
+    }
+
+
 def fleet() -> gpu_nodes.Fleet:
-    return gpu_nodes.parse_fleet(
-        {
-            "pools": [
-                {
-                    "name": POOL,
-                    "count": 1,
-                    "gpuProduct": L4,
-                    "gpusPerNode": GPUS,
-                    "cpuCores": 48,
-                    "memoryGib": 192,
-                    "kubelet": "runner",
-                }
-            ]
-        },
-        "demo-autotune",
-    )
+    return gpu_nodes.parse_fleet({"pools": [node_pool()]}, "demo-autotune")
 
 
 @dataclass
