@@ -10,6 +10,7 @@ test's process tree (OperatorProcess) with a token of the chart's ServiceAccount
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
 import subprocess
@@ -299,6 +300,74 @@ def test_rendered_chart_passes_server_side_dry_run(
         assert violations == {NODE_AGENT_HOST_PID_WARNING}, result.stderr
     else:
         assert not violations, result.stderr
+
+
+def test_node_agent_daemonset_runs_on_gpu_nodes_only(
+    tools: Tools, api_client: client.ApiClient
+) -> None:
+    """The agent's objects applied for real, in a namespace that allows hostPID (its one
+    privilege): the DaemonSet is admitted and schedules one pod on each GPU node, none on the
+    CPU-only ones."""
+    namespace = create_namespace(
+        api_client, "node-agent", **{"pod-security.kubernetes.io/enforce": "privileged"}
+    )
+    agent: list[dict[str, Any]] = []
+    try:
+        template = ("template", "agent", str(CHART), "-n", namespace)
+        template += ("--kube-version", tools.kube_version, "--set", "nodeAgent.enabled=true")
+        template += ("--set", f"peering.name=agent-{uuid.uuid4().hex[:6]}")
+        docs = [d for d in yaml.safe_load_all(tools.run("helm", *template).stdout) if d]
+        agent = [d for d in docs if "node-agent" in d["metadata"]["name"]]
+        assert {d["kind"] for d in agent} >= {"DaemonSet", "ServiceAccount", "ClusterRole"}
+        # The NVIDIA GPU Operator installs this RuntimeClass; pods naming a missing one are
+        # refused at admission.
+        runtime_class = {
+            "apiVersion": "node.k8s.io/v1",
+            "kind": "RuntimeClass",
+            "metadata": {"name": "nvidia"},
+            "handler": "nvidia",
+        }
+        stream = yaml.safe_dump_all([runtime_class, *agent])
+        tools.run("kubectl", "apply", "-n", namespace, "-f", "-", stdin=stream)
+        nodes = client.CoreV1Api(api_client).list_node().items
+        gpu_nodes = {
+            n.metadata.name
+            for n in nodes
+            if (n.metadata.labels or {}).get("nvidia.com/gpu.present") == "true"
+        }
+        assert gpu_nodes, "the test cluster has GPU nodes"
+        assert len(gpu_nodes) < len(nodes), "and CPU-only ones"
+        (daemonset,) = [d for d in agent if d["kind"] == "DaemonSet"]
+        apps = client.AppsV1Api(api_client)
+
+        def scheduled() -> Any:
+            got = apps.read_namespaced_daemon_set(daemonset["metadata"]["name"], namespace)
+            wanted = got.status.desired_number_scheduled if got.status else 0
+            return got if wanted == len(gpu_nodes) else None
+
+        wait_for(scheduled, "the node agent DaemonSet to target every GPU node", 30)
+
+        def pods_on() -> set[str] | None:
+            pods = client.CoreV1Api(api_client).list_namespaced_pod(namespace).items
+            found = {p.spec.node_name for p in pods if p.spec and p.spec.node_name}
+            return found if len(found) == len(gpu_nodes) else None
+
+        try:
+            assert wait_for(pods_on, "an agent pod on every GPU node", 60) == gpu_nodes
+        except AssertionError:
+            events = client.CoreV1Api(api_client).list_namespaced_event(namespace).items
+            print("\n".join(f"{e.reason}: {e.message}" for e in events[-20:]))
+            raise
+    finally:
+        client.CoreV1Api(api_client).delete_namespace(namespace)
+        rbac = client.RbacAuthorizationV1Api(api_client)
+        for doc in agent:
+            if doc["kind"] == "ClusterRole":
+                rbac.delete_cluster_role(doc["metadata"]["name"])
+            elif doc["kind"] == "ClusterRoleBinding":
+                rbac.delete_cluster_role_binding(doc["metadata"]["name"])
+        with contextlib.suppress(ApiException):
+            client.NodeV1Api(api_client).delete_runtime_class("nvidia")
 
 
 # --- install -------------------------------------------------------------------------------------
