@@ -129,3 +129,33 @@ def test_latency_bound_grows_with_uncertainty() -> None:
     median = estimate.latency_p99_s(Quantity.ITL, per_gpu)
     upper = estimate.latency_p99_s(Quantity.ITL, per_gpu, 2.0)
     assert upper > 1.5 * median
+
+
+def test_lookahead_shrinks_a_near_neighbour_more_than_a_far_one() -> None:
+    current = recommended(REQUEST)
+    model = fit(PRIOR, (_windows(current, 0.8, 10),))
+    stone = Packing(SharingMode.MPS, 4, 128)
+    near = Packing(SharingMode.MPS, 5, 128)
+    far = Packing(SharingMode.MPS, 2, 32)
+    for target in (near, far):
+        now = model.get(target)
+        ahead = model.lookahead(target, stone, 3)
+        assert now is not None
+        assert ahead is not None
+        # The expected measurement moves no mean; it only narrows the bounds.
+        assert ahead.speed.mean_log == now.speed.mean_log
+        assert ahead.speed.sd_log < now.speed.sd_log
+        assert ahead.itl.sd_log <= now.itl.sd_log
+    near_now, far_now = model.get(near), model.get(far)
+    near_ahead, far_ahead = model.lookahead(near, stone, 3), model.lookahead(far, stone, 3)
+    assert near_now is not None
+    assert far_now is not None
+    assert near_ahead is not None
+    assert far_ahead is not None
+    # One replica per GPU apart, a measurement tells most of what the target's own would.
+    assert near_ahead.speed.sd_log < 0.7 * near_now.speed.sd_log
+    assert far_ahead.speed.sd_log > 0.85 * far_now.speed.sd_log
+    # Looking ahead at the target itself is the fit with those windows added.
+    own = model.lookahead(stone, stone, 3)
+    assert own is not None
+    assert own.speed.sd_log < 0.08 / math.sqrt(3)

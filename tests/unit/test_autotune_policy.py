@@ -372,6 +372,28 @@ def test_exploration_never_steps_into_an_slo_violation(
     assert _violations(trace, slo) == []
 
 
+def test_stepping_stones_open_packings_the_margin_blocks_without_violations() -> None:
+    # An ITL bound 1.4x the plan's pick: the packings with more replicas per GPU have medians
+    # within it but bounds beyond it, until a neighbour is measured.
+    request = plan_request(modes=(SharingMode.MPS,), objective=Objective.ENERGY)
+    start = recommended(request)
+    prior = build_prior(request)
+    point = prior.get(start)
+    assert point is not None
+    slo = Slo(itl_p99_s=1.4 * point.latency_p99_s(Quantity.ITL, 0.75))
+    spec = TuneSpec(objective=Objective.ENERGY, slo=slo, max_replicas=64)
+    stones = 0
+    for seed in range(4):
+        truth = make_truth(prior, random.Random(seed))
+        demand = 2.1 * truth.capacity(start)
+        trace = simulate(truth, spec, lambda _, d=demand: d, start=start, ticks=90, seed=seed)
+        repacks = trace.actions(Action.REPACK)
+        stones += sum("on the way to" in r.decision.message for r in repacks)
+        assert _violations(trace, slo) == []
+        assert len(repacks) <= 4, (seed, [r.decision.message for r in repacks])
+    assert stones >= 3
+
+
 def test_expected_gain_is_optimistic_only_under_uncertainty() -> None:
     assert expected_gain_ratio(110.0, 0.0, 100.0) == pytest.approx(0.10)
     assert expected_gain_ratio(90.0, 0.0, 100.0) == 0.0

@@ -525,11 +525,52 @@ class Estimate:
 
 
 @dataclass(frozen=True)
+class _Posterior:
+    """One log-factor's posterior over every packing, kept to look ahead (`Model.lookahead`)."""
+
+    covariance: np.ndarray
+    noise_sd: float  # of one window
+
+
+@dataclass(frozen=True)
 class Model:
     estimates: Mapping[Packing, Estimate]
+    #: Per quantity; empty for a model built by hand (lookahead then changes nothing).
+    posteriors: Mapping[Quantity, _Posterior] = field(default_factory=dict)
+    index: Mapping[Packing, int] = field(default_factory=dict)
 
     def get(self, packing: Packing) -> Estimate | None:
         return self.estimates.get(packing)
+
+    def lookahead(self, target: Packing, measured_at: Packing, windows: float) -> Estimate | None:
+        """`target`'s estimate once `windows` more windows are measured at `measured_at`.
+
+        The GP's variance after an observation does not depend on the value observed, and its
+        mean is expected to stay where it is: so this is the same estimate with each
+        log-factor's standard deviation shrunk by the rank-one update of one more
+        observation, var(t) - cov(t, m)^2 / (var(m) + noise^2 / windows). It tells how much a
+        measurement at a safe packing would tighten the bound of one that is not safe yet.
+        """
+        estimate = self.estimates.get(target)
+        t, m = self.index.get(target), self.index.get(measured_at)
+        if estimate is None or t is None or m is None or windows <= 0:
+            return estimate
+
+        def shrink(quantity: Quantity, correction: Correction) -> Correction:
+            post = self.posteriors.get(quantity)
+            if post is None:
+                return correction
+            cov = post.covariance
+            var = cov[t, t] - cov[t, m] ** 2 / (cov[m, m] + post.noise_sd**2 / windows)
+            return Correction(correction.mean_log, math.sqrt(max(float(var), 1e-12)))
+
+        return replace(
+            estimate,
+            speed=shrink(Quantity.SPEED, estimate.speed),
+            ttft=shrink(Quantity.TTFT, estimate.ttft),
+            itl=shrink(Quantity.ITL, estimate.itl),
+            power=shrink(Quantity.POWER, estimate.power),
+        )
 
 
 def _weighted_mean(pairs: Iterable[tuple[float, float]]) -> tuple[float, float] | None:
@@ -546,22 +587,24 @@ def _posterior(
     features: np.ndarray,
     config: CorrectionPrior,
     observed: Mapping[int, tuple[float, float]],
-) -> list[Correction]:
-    """GP posterior of a log-factor at every packing, given (mean log-ratio, windows) at some."""
+) -> tuple[list[Correction], _Posterior]:
+    """GP posterior of a log-factor at every packing, given (mean log-ratio, windows) at some:
+    the marginal at each packing, and the joint covariance."""
     variances = np.square(np.asarray(config.feature_sd))
     kernel = (features * variances) @ features.T + config.point_sd**2 * np.eye(len(features))
-    prior_sd = np.sqrt(np.diag(kernel))
     if not observed:
-        return [Correction(0.0, float(sd)) for sd in prior_sd]
+        sd = np.sqrt(np.diag(kernel))
+        return [Correction(0.0, float(v)) for v in sd], _Posterior(kernel, config.noise_sd)
     index = np.asarray(sorted(observed))
     y = np.asarray([observed[i][0] for i in index])
     noise = np.asarray([config.noise_sd**2 / observed[i][1] for i in index])
     gram = kernel[np.ix_(index, index)] + np.diag(noise)
     cross = kernel[:, index]
     mean = cross @ np.linalg.solve(gram, y)
-    reduction = np.einsum("ij,ji->i", cross, np.linalg.solve(gram, cross.T))
-    var = np.maximum(np.diag(kernel) - reduction, 1e-12)
-    return [Correction(float(m), float(math.sqrt(v))) for m, v in zip(mean, var, strict=True)]
+    covariance = kernel - cross @ np.linalg.solve(gram, cross.T)
+    var = np.maximum(np.diag(covariance), 1e-12)
+    marginals = [Correction(float(m), float(math.sqrt(v))) for m, v in zip(mean, var, strict=True)]
+    return marginals, _Posterior(covariance, config.noise_sd)
 
 
 def _speed_ratios(point: PriorPoint, loads: Sequence[LoadStats]) -> tuple[float, float] | None:
@@ -619,7 +662,7 @@ def fit(
     loads = {index[m.packing]: m.loads for m in measured if m.packing in index}
 
     speed_obs = {i: r for i, ls in loads.items() if (r := _speed_ratios(points[i], ls)) is not None}
-    speed = _posterior(features, config.speed, speed_obs)
+    speed, speed_post = _posterior(features, config.speed, speed_obs)
     ttft_obs, itl_obs, power_obs = {}, {}, {}
     for i, ls in loads.items():
         c = speed[i].mean_log
@@ -629,13 +672,20 @@ def fit(
             itl_obs[i] = r
         if (r := _power_ratios(points[i], ls, c)) is not None:
             power_obs[i] = r
-    ttft = _posterior(features, config.latency, ttft_obs)
-    itl = _posterior(features, config.latency, itl_obs)
-    power = _posterior(features, config.power, power_obs)
+    ttft, ttft_post = _posterior(features, config.latency, ttft_obs)
+    itl, itl_post = _posterior(features, config.latency, itl_obs)
+    power, power_post = _posterior(features, config.power, power_obs)
     windows = {m.packing: m.windows for m in measured}
     return Model(
         {
             p.packing: Estimate(p, speed[i], ttft[i], itl[i], power[i], windows.get(p.packing, 0.0))
             for i, p in enumerate(points)
-        }
+        },
+        {
+            Quantity.SPEED: speed_post,
+            Quantity.TTFT: ttft_post,
+            Quantity.ITL: itl_post,
+            Quantity.POWER: power_post,
+        },
+        index,
     )

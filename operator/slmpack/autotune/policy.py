@@ -19,11 +19,13 @@ docs/autotune.md):
 4. When the SLO is breached at light load (more replicas will not help), repack: back to the
    packing a trial replaced, else to the best one predicted to meet the SLO.
 5. Conclude a trial: once the packing being tried is measured, return to the one it replaced
-   unless it scored better.
+   unless it scored better, or go on to a packing its measurement made safe that beats it.
 6. Repack when the expected gain (the expected improvement of the objective under the
    model's uncertainty) reaches `repack_gain_ratio`, and the target's p99 latencies, with the
    model's uncertainty margin and at the load it would carry, meet the SLO. An unmeasured
-   packing is explored under the same test: never explore into an SLO violation.
+   packing is explored under the same test: never explore into an SLO violation. When a
+   better packing is blocked only by the margin, first try the safe neighbour whose
+   measurement narrows its bound most (a stepping stone).
 7. Scale in slowly: only after the configuration has been stable for
    `scale_down_stabilisation_s`, sized for the peak demand of that window, one GPU at a time
    and only to counts that free a whole GPU.
@@ -133,6 +135,14 @@ class PolicyConfig:
     repack_gain_ratio: float = 0.05
     #: Least time between repacks (a repack restarts every replica).
     repack_cooldown_s: float = 600.0
+    #: A safe, unmeasured packing is tried as a stepping stone toward a better one that the SLO
+    #: margin still blocks when measuring it would narrow that one's latency bound by at least
+    #: this share (log scale): shared trends make a near neighbour's measurement tell most of
+    #: what the blocked packing's would, and each step lets the next pass the margin.
+    stepping_stone_tightening_ratio: float = 0.05
+    #: Expected gain a stepping stone needs on its own: it is paid back by the packing it opens,
+    #: but one that is likely worse than what runs would cost a repack back.
+    stepping_stone_gain_ratio: float = 0.02
     #: Windows measured at the current packing before it is compared with others.
     min_windows_to_compare: int = 3
     #: A trial that cannot be told apart from the packing it replaced is settled by the means
@@ -504,7 +514,11 @@ def _track(
         if last is not None and last.packing != seen.packing:
             windows = sum(m.windows for m in state.measured if m.packing == seen.packing)
             trial = windows < config.min_windows_to_compare
-            state = replace(state, last_repack_s=now_s, trial_from=last.packing if trial else None)
+            # Leaving a trial for another keeps the packing before it as the one to compare
+            # with: that is the packing known to be good.
+            incumbent = state.trial_from if state.trial_from not in (None, seen.packing) else None
+            origin = incumbent or last.packing
+            state = replace(state, last_repack_s=now_s, trial_from=origin if trial else None)
         elif last is not None and seen.replicas > last.replicas:
             state = replace(state, last_scale_up_s=now_s)
         elif last is not None:
@@ -581,13 +595,28 @@ def expected_gain_ratio(score: float, log_sd: float, current_score: float) -> fl
 def _meets_slo(
     estimate: Estimate, per_gpu_output: float, slo: Slo, z: float, max_load: float
 ) -> bool:
-    if estimate.load_ratio(per_gpu_output, z) > max_load:
-        return False
-    bounds = ((Quantity.TTFT, slo.ttft_p99_s), (Quantity.ITL, slo.itl_p99_s))
-    return all(
-        bound is None or estimate.latency_p99_s(q, per_gpu_output, z) <= bound
-        for q, bound in bounds
-    )
+    return _slo_slack(estimate, per_gpu_output, slo, z, max_load) >= 0.0
+
+
+def _slo_slack(
+    estimate: Estimate, per_gpu_output: float, slo: Slo, z: float, max_load: float
+) -> float:
+    """How far the z-bound of every p99 (and of the load) stays inside its limit, as the
+    smallest log(limit / bound): negative when the packing is not predicted to meet the SLO,
+    -inf when it is predicted overloaded."""
+    load = estimate.load_ratio(per_gpu_output, z)
+    if not load <= max_load:  # also NaN
+        return math.log(max_load / load) if math.isfinite(load) else -math.inf
+    slack = math.log(max_load / load) if load > 0.0 else math.inf
+    for quantity, limit in ((Quantity.TTFT, slo.ttft_p99_s), (Quantity.ITL, slo.itl_p99_s)):
+        if limit is None:
+            continue
+        p99 = estimate.latency_p99_s(quantity, per_gpu_output, z)
+        if not math.isfinite(p99):
+            return -math.inf
+        if p99 > 0.0:
+            slack = min(slack, math.log(limit / p99))
+    return slack
 
 
 class _Pass:
@@ -817,6 +846,9 @@ class _Pass:
         if verdict is not TrialVerdict.REVERT or back is None:
             return None
         current = self.option(self.estimate, self.demand)
+        onward = self.onward(back, current)
+        if onward is not None:
+            return onward
         return self.decision(
             Action.REPACK,
             Reason.EXPLORATION_REVERTED,
@@ -825,6 +857,35 @@ class _Pass:
             back.packing,
             back.replicas,
             gain=back.score / current.score - 1.0,
+        )
+
+    def onward(self, back: _Option, current: _Option) -> Decision | None:
+        """Instead of returning from a worse trial, go on to a packing its measurement made
+        safe and that beats the one to return to: one repack instead of two."""
+        config = self.config
+        candidates = [
+            o
+            for o in self.options()
+            if o.meets_slo and o.packing != back.packing and back.score > 0
+        ]
+        gains = {
+            o.packing: expected_gain_ratio(o.score, o.score_log_sd, back.score) for o in candidates
+        }
+        best = max(candidates, key=lambda o: (gains[o.packing], o.score, o.packing.key),
+                   default=None)  # fmt: skip
+        if best is None or gains[best.packing] < config.repack_gain_ratio:
+            return None
+        exploring = best.estimate.windows < config.min_windows_to_compare
+        return self.decision(
+            Action.REPACK,
+            Reason.EXPLORING if exploring else Reason.BETTER_PACKING,
+            f"{self.packing.key} measured {1 - current.score / back.score:.0%} worse than "
+            f"{back.packing.key}; {'trying' if exploring else 'moving to'} "
+            f"{best.packing.key} instead, expected {gains[best.packing]:.0%} better than it",
+            best.packing,
+            best.replicas,
+            exploring=exploring,
+            gain=gains[best.packing],
         )
 
     def repack_blocker(self) -> str | None:
@@ -845,16 +906,86 @@ class _Pass:
             return "power not measured"
         return None
 
+    def slack(self, estimate: Estimate, option: _Option, z: float) -> float:
+        """`_slo_slack` of `estimate` at the load `option` would carry."""
+        per_gpu = self.demand / option.gpus
+        max_load = self.config.model.max_fit_load_ratio
+        return _slo_slack(estimate, per_gpu, self.spec.slo, z, max_load)
+
+    def stepping_stone(
+        self, options: list[_Option], gains: Mapping[Packing, float], best_gain: float
+    ) -> tuple[_Option, _Option] | None:
+        """A safe, unmeasured packing to try on the way to a better one the margin blocks.
+
+        The target is the option with the largest expected gain, above any safe one's, whose
+        median prediction meets the SLO but whose bound does not. A stone is a safe option
+        that has not been measured; measuring it shrinks the shared trends' uncertainty
+        (`Model.lookahead`), most for the nearest neighbours of the target. The stone that
+        narrows the target's bound most is taken, if by `stepping_stone_tightening_ratio`.
+        Returns (stone, target).
+        """
+        config = self.config
+        z = config.slo_margin_z
+        floor = max(config.repack_gain_ratio, best_gain)
+        blocked = [
+            o
+            for o in options
+            if not o.meets_slo
+            and gains[o.packing] >= floor
+            and self.slack(o.estimate, o, 0.0) >= 0.0
+            and self.slack(o.estimate, o, z) > -math.inf
+        ]
+        if not blocked:
+            return None
+        target = max(blocked, key=lambda o: (gains[o.packing], o.score, o.packing.key))
+        before = self.slack(target.estimate, target, z)
+        windows = float(config.min_windows_to_compare)
+        best: tuple[float, float, str, _Option] | None = None
+        for stone in options:
+            if not stone.meets_slo or stone.estimate.windows >= config.min_windows_to_compare:
+                continue
+            if gains[stone.packing] < config.stepping_stone_gain_ratio:
+                continue
+            ahead = self.model.lookahead(target.packing, stone.packing, windows)
+            if ahead is None:
+                continue
+            tightening = self.slack(ahead, target, z) - before
+            if tightening < config.stepping_stone_tightening_ratio:
+                continue
+            key = (tightening, gains[stone.packing], stone.packing.key, stone)
+            if best is None or key[:3] > best[:3]:
+                best = key
+        return (best[3], target) if best is not None else None
+
     def repack(self) -> Decision | None:
         if self.repack_blocker() is not None:
             return None
         current = self.option(self.estimate, self.demand)
-        feasible = [o for o in self.options() if o.meets_slo]
-        if not feasible or current.score <= 0:
+        if current.score <= 0:
             return None
+        options = self.options()
         gains = {
-            o.packing: expected_gain_ratio(o.score, o.score_log_sd, current.score) for o in feasible
+            o.packing: expected_gain_ratio(o.score, o.score_log_sd, current.score) for o in options
         }
+        feasible = [o for o in options if o.meets_slo]
+        best_gain = max((gains[o.packing] for o in feasible), default=0.0)
+        step = self.stepping_stone(options, gains, best_gain)
+        if step is not None:
+            stone, target = step
+            objective = self.spec.objective.value.lower()
+            return self.decision(
+                Action.REPACK,
+                Reason.EXPLORING,
+                f"trying {stone.packing.key} on {stone.gpus} GPUs on the way to "
+                f"{target.packing.key} (expected {gains[target.packing]:.0%} better "
+                f"{objective}, not yet sure to meet the SLO), within the SLO",
+                stone.packing,
+                stone.replicas,
+                exploring=True,
+                gain=gains[stone.packing],
+            )
+        if not feasible:
+            return None
         best = max(feasible, key=lambda o: (gains[o.packing], o.score, o.packing.key))
         gain = gains[best.packing]
         if gain < self.config.repack_gain_ratio:
