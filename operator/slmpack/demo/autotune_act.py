@@ -23,6 +23,7 @@ from typing import Any, cast
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from slmpack.demo.world import ensure_namespace, ready_pod_ips, stopper
 from slmpack.devcluster import gpu_nodes, node_apply, prometheus, runner
 from slmpack.devcluster.operator_process import OperatorProcess
 from slmpack.loadgen.closed_loop import ClosedLoop
@@ -206,7 +207,7 @@ class AutotuneAct:
         return self.state_dir / "prometheus"
 
     def start(self, report: Reporter) -> None:
-        self._namespace()
+        ensure_namespace(self.api_client, NAMESPACE)
         self.started.append("runner")
         runner.up(
             [
@@ -244,20 +245,6 @@ class AutotuneAct:
         self.started.append("operator")
         self.operator.start()
 
-    def _namespace(self) -> None:
-        core = client.CoreV1Api(self.api_client)
-        with contextlib.suppress(ApiException):
-            core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=NAMESPACE)))
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                core.read_namespaced_service_account("default", NAMESPACE)
-                return
-            except ApiException:
-                if time.monotonic() > deadline:
-                    raise
-            time.sleep(0.2)
-
     def _slmd(self) -> dict[str, Any]:
         return cast(
             dict[str, Any],
@@ -273,18 +260,7 @@ class AutotuneAct:
         return replicas, ready
 
     def _ready_urls(self) -> list[str]:
-        pods = client.CoreV1Api(self.api_client).list_namespaced_pod(NAMESPACE).items
-        urls = []
-        for pod in pods:
-            status = pod.status
-            conditions = (status.conditions if status else None) or []
-            if (
-                status
-                and status.pod_ip
-                and any(c.type == "Ready" and c.status == "True" for c in conditions)
-            ):
-                urls.append(f"http://{status.pod_ip}:8000")
-        return sorted(urls)
+        return [f"http://{ip}:8000" for ip in ready_pod_ips(self.api_client, NAMESPACE)]
 
     def run(self, on_stage: Callable[[Stage, float], None] | None = None) -> ActResult:
         """Apply the SLMDeployment, wait for its first replica, drive the stages, and collect
@@ -350,14 +326,7 @@ class AutotuneAct:
     def stop(self, report: Reporter) -> list[str]:
         """Stop what was started, newest first; returns the errors met (never raises)."""
         errors: list[str] = []
-
-        def attempt(what: str, action: Callable[[], object]) -> None:
-            try:
-                action()
-                report(f"Stopped {what}")
-            except Exception as exc:  # keep stopping the rest
-                errors.append(f"{what}: {exc}")
-
+        attempt = stopper(report, errors)
         if "operator" in self.started and self.operator is not None:
             attempt("the autotune act's operator", self.operator.stop)
         if "prometheus" in self.started:

@@ -139,24 +139,7 @@ class World:
         self.prometheus_url = state.url
 
     def _create_namespace(self) -> None:
-        core = client.CoreV1Api(self.api)
-        try:
-            core.create_namespace(
-                client.V1Namespace(metadata=client.V1ObjectMeta(name=manifests.NAMESPACE))
-            )
-        except ApiException as exc:
-            if exc.status != 409:
-                raise
-        # Pods are refused until the controller-manager has made the default ServiceAccount.
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                core.read_namespaced_service_account("default", manifests.NAMESPACE)
-                return
-            except ApiException as exc:
-                if exc.status != 404 or time.monotonic() > deadline:
-                    raise
-            time.sleep(0.2)
+        ensure_namespace(self.api, manifests.NAMESPACE)
 
     # --- SLMDeployments ---------------------------------------------------------------------
 
@@ -201,33 +184,16 @@ class World:
         return pods
 
     def ready_pod_ips(self, name: str) -> list[str]:
-        ips: list[str] = []
-        for pod in self.pods(name):
-            status = pod.status
-            if (
-                status is None
-                or not status.pod_ip
-                or (pod.metadata and pod.metadata.deletion_timestamp)
-            ):
-                continue
-            conditions = status.conditions or []
-            if any(c.type == "Ready" and c.status == "True" for c in conditions):
-                ips.append(str(status.pod_ip))
-        return sorted(ips)
+        return ready_pod_ips(
+            self.api, manifests.NAMESPACE, f"{prometheus.SLMDEPLOYMENT_LABEL}={name}"
+        )
 
     # --- stop -------------------------------------------------------------------------------
 
     def stop(self, report: Reporter) -> list[str]:
         """Stop what was started, newest first; returns the errors met (never raises)."""
         errors: list[str] = []
-
-        def attempt(what: str, action: Callable[[], object]) -> None:
-            try:
-                action()
-                report(f"Stopped {what}")
-            except Exception as exc:  # keep stopping the rest
-                errors.append(f"{what}: {exc}")
-
+        attempt = stopper(report, errors)
         if "prometheus" in self.started:
             attempt("Prometheus", lambda: prometheus.down(self.prometheus_root))
         if "operator" in self.started and self.operator is not None:
@@ -249,3 +215,55 @@ class World:
         if source.is_file():
             self.config.logs_dir.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(source, self.config.logs_dir / "runner.log")
+
+
+def ensure_namespace(api: client.ApiClient, name: str) -> None:
+    """Create the namespace (or keep it) and wait until pods can be created in it."""
+    core = client.CoreV1Api(api)
+    try:
+        core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    except ApiException as exc:
+        if exc.status != 409:
+            raise
+    # Pods are refused until the controller-manager has made the default ServiceAccount.
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            core.read_namespaced_service_account("default", name)
+            return
+        except ApiException as exc:
+            if exc.status != 404 or time.monotonic() > deadline:
+                raise
+        time.sleep(0.2)
+
+
+def ready_pod_ips(api: client.ApiClient, namespace: str, label_selector: str = "") -> list[str]:
+    """IPs of the pods that pass their readiness probe and are not being deleted."""
+    pods = client.CoreV1Api(api).list_namespaced_pod(namespace, label_selector=label_selector)
+    ips: list[str] = []
+    for pod in pods.items:
+        status = pod.status
+        if (
+            status is None
+            or not status.pod_ip
+            or (pod.metadata and pod.metadata.deletion_timestamp)
+        ):
+            continue
+        conditions = status.conditions or []
+        if any(c.type == "Ready" and c.status == "True" for c in conditions):
+            ips.append(str(status.pod_ip))
+    return sorted(ips)
+
+
+def stopper(report: Reporter, errors: list[str]) -> Callable[[str, Callable[[], object]], None]:
+    """`attempt(what, action)`: run one stop step, report it, and keep going on failure (the
+    error is added to `errors`), so one part failing to stop leaves none of the others running."""
+
+    def attempt(what: str, action: Callable[[], object]) -> None:
+        try:
+            action()
+            report(f"Stopped {what}")
+        except Exception as exc:  # keep stopping the rest
+            errors.append(f"{what}: {exc}")
+
+    return attempt
