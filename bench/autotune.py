@@ -60,7 +60,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from benchinfo import git_sha, hardware
+from benchinfo import git_sha, hardware, table
 from slmpack.autotune.model import Packing, Prior, build_prior
 from slmpack.autotune.policy import (
     Action,
@@ -623,14 +623,6 @@ def _packing_of(key: str) -> Packing:
     mode, rest = key.split(" x", 1)
     replicas, seqs = rest.split(" seqs=")
     return Packing(SharingMode(mode.split("/")[0]), int(replicas), int(seqs))
-
-
-def table(header: list[str], rows: list[list[str]]) -> list[str]:
-    return [
-        "| " + " | ".join(header) + " |",
-        "|" + "---|" * len(header),
-        *("| " + " | ".join(row) + " |" for row in rows),
-    ]
 
 
 def markdown(doc: dict[str, Any]) -> str:

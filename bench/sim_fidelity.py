@@ -48,7 +48,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchinfo import git_sha, hardware
+from benchinfo import git_sha, hardware, table
 from slmpack import metricnames as mn
 from slmpack.catalog.gpus import default_gpu_catalog
 from slmpack.catalog.models import default_model_catalog
@@ -605,14 +605,6 @@ def summary_figures(
 
 def pct(value: float) -> str:
     return f"{value:+.1%}"
-
-
-def table(header: list[str], rows: list[list[str]]) -> list[str]:
-    return [
-        "| " + " | ".join(header) + " |",
-        "|" + "---|" * len(header),
-        *("| " + " | ".join(row) + " |" for row in rows),
-    ]
 
 
 def markdown(doc: dict[str, Any]) -> str:
