@@ -717,8 +717,10 @@ NOTES = [
     "the end).",
     "- (a), (b) and the optimum are sized with the *true* capacity from the sweep; autotune "
     "only knows the prior and what it measures.",
-    "- The world simulates one replica per GPU shape (see `slmpack.autotune.world`); a change "
-    "is instant (no model loading), requests in flight move to the new replicas.",
+    "- The world simulates one replica per GPU shape (see `slmpack.autotune.world`). A scale "
+    "keeps the replicas that stay; removed ones drain what they hold (counted, with their "
+    "energy). A repack restarts every replica: requests in flight move to the new ones and "
+    "recompute there. Changes are instant (no model loading).",
     "- Where autotune stops short of the optimum, look at whether the better packings were "
     "blocked by the SLO test: an unmeasured replicas-per-GPU count keeps about 0.24 log-sd of "
     "speed uncertainty until some packing with that sharing has been measured, and the "
@@ -726,8 +728,8 @@ NOTES = [
     "what keeps exploration windows free of violations. With a binding ITL SLO the two goals "
     "pull against each other.",
     "- SLO attainment: (a) and (b) hold the GPUs the peak needs all day, so off-peak they run "
-    "far below 0.75 and meet the SLO in every window; autotune and the optimum run near their "
-    "sizing target throughout, where heavy-tailed prompts now and then push a window's p99 "
+    "far below 0.75; autotune and the optimum run near their sizing target throughout, where "
+    "a ramp outrunning a scale-out, or heavy-tailed prompts, now and then push a window's p99 "
     "over the bound.",
 ]
 

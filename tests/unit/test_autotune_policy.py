@@ -28,6 +28,9 @@ from slmpack.autotune.policy import (
     gpus_for,
     tune,
 )
+from slmpack.catalog.gpus import default_gpu_catalog
+from slmpack.catalog.models import default_model_catalog
+from slmpack.planner.plan import PlanRequest
 from slmpack.planner.types import Objective, SharingMode, Slo
 
 from .test_autotune_sim import (
@@ -392,6 +395,35 @@ def test_stepping_stones_open_packings_the_margin_blocks_without_violations() ->
         assert _violations(trace, slo) == []
         assert len(repacks) <= 4, (seed, [r.decision.message for r in repacks])
     assert stones >= 3
+
+
+def test_a_stone_worse_than_what_runs_is_taken_only_when_its_target_repays_it() -> None:
+    # Qwen2.5-1.5B on an L4: every MPS packing with a better median than the Exclusive pick is
+    # blocked by its ITL bound, and every safe MPS packing scores below the Exclusive pick.
+    l4 = default_gpu_catalog().get("NVIDIA-L4")
+    request = PlanRequest(
+        default_model_catalog().get("qwen2.5-1.5b"),
+        l4,
+        modes=(SharingMode.EXCLUSIVE, SharingMode.MPS),
+        objective=Objective.ENERGY,
+        slo=Slo(2.5, 0.2),
+    )
+    start = recommended(request)
+    assert start.mode is SharingMode.EXCLUSIVE
+    prior = build_prior(request)
+    spec = TuneSpec(objective=Objective.ENERGY, slo=request.slo, max_replicas=64)
+    stones = {20.0: 0, 0.0: 0}
+    for payback, seed in itertools.product(stones, range(3)):
+        truth = make_truth(prior, random.Random(seed), bias=0.0, slope=0.05)
+        demand = 2.1 * truth.capacity(start)
+        config = PolicyConfig(stepping_stone_payback_windows=payback)
+        trace = simulate(truth, spec, lambda _, d=demand: d, start=start, ticks=60, seed=seed,
+                         config=config)  # fmt: skip
+        assert _violations(trace, request.slo) == []
+        repacks = trace.actions(Action.REPACK)
+        stones[payback] += sum("on the way to" in r.decision.message for r in repacks)
+    assert stones[0.0] == 0
+    assert stones[20.0] >= 2
 
 
 def test_expected_gain_is_optimistic_only_under_uncertainty() -> None:

@@ -105,3 +105,69 @@ def test_histogram_quantile_interpolates_like_prometheus() -> None:
     assert histogram_quantile(0.99, (1.0, 2.0), (50, 50, 0)) == pytest.approx(1.98)
     assert histogram_quantile(0.99, (1.0, 2.0), (0, 0, 10)) == 2.0  # past the last bound
     assert histogram_quantile(0.99, (1.0, 2.0), (0, 0, 0)) is None
+
+
+def _loaded(replicas: int) -> tuple[Deployment, float]:
+    """A deployment of the first MPS packing, run hot for a minute; and its rate."""
+    request = bench.request_for(CASE, TINY)
+    prior = build_prior(request)
+    world = bench.world_for(CASE, prior)
+    point = next(p for p in prior.points if p.packing.replicas_per_gpu == 2)
+    rate = 0.7 * replicas / 2 * point.output_capacity_tokens_per_s / world.mean_output_tokens
+    deployment = Deployment(world, point.packing, replicas, random.Random(5), 0.0)
+    deployment.run(60.0, rate)
+    return deployment, rate
+
+
+def test_a_scale_out_leaves_running_replicas_alone() -> None:
+    deployment, rate = _loaded(4)
+    before = [(g.sim, len(g.sim.outstanding())) for g in deployment.groups]
+    assert before[0][1] > 0
+    deployment.reconfigure(deployment.packing, 8, 60.0)
+    kept = deployment.groups[0]
+    assert kept.sim is before[0][0]  # same engine, same requests: nothing recomputes
+    assert len(kept.sim.outstanding()) == before[0][1]
+    assert [g.gpus for g in deployment.groups] == [2, 2]
+    assert deployment.groups[1].sim.outstanding() == []  # the new GPUs start empty
+    stats = deployment.run(120.0, 2 * rate)
+    assert stats.gpus == 4
+    assert stats.replicas == 8
+    assert stats.waiting_mean < 1.0  # no queue of requests to recompute
+
+
+def test_a_scale_in_drains_the_removed_replicas_for_one_window() -> None:
+    deployment, rate = _loaded(8)
+    deployment.reconfigure(deployment.packing, 4, 60.0)
+    draining = [g for g in deployment.groups if g.draining]
+    assert [g.gpus for g in draining] == [2]
+    in_flight = len(draining[0].sim.outstanding())
+    assert in_flight > 0
+    stats = deployment.run(120.0, rate / 2)
+    assert stats.gpus == 2  # draining GPUs are charged energy, not held
+    assert all(not g.draining for g in deployment.groups)  # gone after the window
+    assert draining[0].sim.outstanding() == []  # finished what they held
+    assert stats.finished > 0
+    alone, _ = _loaded(4)
+    idle = alone.run(120.0, rate / 2)
+    assert stats.energy_joules > idle.energy_joules  # the drain's work cost energy
+
+
+def test_groups_of_one_fill_merge_at_the_next_change() -> None:
+    deployment, rate = _loaded(4)
+    deployment.reconfigure(deployment.packing, 6, 60.0)
+    deployment.run(120.0, rate)
+    assert [g.gpus for g in deployment.groups] == [2, 1]
+    deployment.reconfigure(deployment.packing, 7, 120.0)
+    assert sorted((g.replicas_per_gpu, g.gpus) for g in deployment.groups) == [(1, 1), (2, 3)]
+
+
+def test_a_repack_restarts_every_replica() -> None:
+    deployment, _ = _loaded(4)
+    held = sum(g.replicas * len(g.sim.outstanding()) for g in deployment.groups)
+    old = [g.sim for g in deployment.groups]
+    request = bench.request_for(CASE, TINY)
+    other = next(p.packing for p in build_prior(request).points if p.packing.replicas_per_gpu == 1)
+    deployment.reconfigure(other, 4, 60.0)
+    assert all(g.sim not in old for g in deployment.groups)
+    moved = sum(g.replicas * len(g.sim.outstanding()) for g in deployment.groups)
+    assert moved == pytest.approx(held, rel=0.5)  # in flight moved over, to recompute there

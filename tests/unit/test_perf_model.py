@@ -3,6 +3,7 @@
 import math
 import random
 from dataclasses import replace
+from statistics import NormalDist
 
 import pytest
 
@@ -22,6 +23,7 @@ from slmpack.planner.perf import (
     default_perf_params,
     engine_step,
     erlang_c_wait_probability,
+    p99_step_prefill_tokens,
     power_watts,
     predict,
     price_step,
@@ -261,3 +263,37 @@ def test_cached_step_terms_give_the_uncached_result() -> None:
     assert _step_terms.cache_info().hits > 0
     uncached = _step_terms.__wrapped__(OPT, "bf16", "auto", WORKLOAD)
     assert _step_terms(OPT, "bf16", "auto", WORKLOAD) == uncached
+
+
+def test_p99_step_prefill_is_nothing_when_joins_are_rarer_than_one_step_in_a_hundred() -> None:
+    # 1 running sequence, 200 output tokens: a join every 200 steps.
+    assert p99_step_prefill_tokens(WORKLOAD, 1.0) == 0.0
+
+
+def test_p99_step_prefill_is_a_high_prompt_quantile_when_joins_are_occasional() -> None:
+    # 40 running / 200 output: 0.2 joins per step, one step in 5.5 holds a prompt; the gap at
+    # the 99th percentile holds the prompt at the 1 - 0.01 / 0.18 = 94.5th percentile.
+    workload = Workload(mean_input_tokens=100, mean_output_tokens=200, p99_input_tokens=1000)
+    sigma = 2.3263 - math.sqrt(2.3263**2 - 2 * math.log(10))
+    share = 1 - math.exp(-0.2)
+    z = NormalDist().inv_cdf(1 - 0.01 / share)
+    one = math.exp(math.log(100) - sigma**2 / 2 + sigma * z)
+    assert p99_step_prefill_tokens(workload, 40.0) == pytest.approx(one, rel=1e-6)
+    assert 100 < one < 1000
+
+
+def test_p99_step_prefill_grows_with_the_batch_and_nears_the_mean_sum_when_many_join() -> None:
+    workload = Workload(mean_input_tokens=100, mean_output_tokens=100, p99_input_tokens=400)
+    values = [p99_step_prefill_tokens(workload, b) for b in (5.0, 20.0, 100.0, 1000.0, 5000.0)]
+    assert values == sorted(values)
+    # 50 joins per step: the p99 sum is the mean sum plus a few of its (relative) deviations.
+    assert 50 * 100 < values[-1] < 1.5 * 50 * 100
+
+
+def test_itl_p99_adds_only_the_prefill_above_the_steps_mean() -> None:
+    shape = PackingShape(SharingMode.EXCLUSIVE, 1, 1, DEVICE)
+    point = predict(OPT, H100, shape, ENGINE, WORKLOAD, 1e9, PARAMS)
+    assert point.itl_p99_s >= point.step_s
+    # Prompts of nearly one length (p99 twice the mean) make the slow steps faster.
+    even = replace(WORKLOAD, p99_input_tokens=200)
+    assert predict(OPT, H100, shape, ENGINE, even, 1e9, PARAMS).itl_p99_s < point.itl_p99_s

@@ -140,9 +140,10 @@ class PolicyConfig:
     #: this share (log scale): shared trends make a near neighbour's measurement tell most of
     #: what the blocked packing's would, and each step lets the next pass the margin.
     stepping_stone_tightening_ratio: float = 0.05
-    #: Expected gain a stepping stone needs on its own: it is paid back by the packing it opens,
-    #: but one that is likely worse than what runs would cost a repack back.
-    stepping_stone_gain_ratio: float = 0.02
+    #: A stepping stone that scores below what runs costs its shortfall for the windows it is
+    #: measured (`min_windows_to_compare`, and one to settle); it is taken when the packing it
+    #: opens repays that at its expected gain within this many windows (20 minutes).
+    stepping_stone_payback_windows: float = 20.0
     #: Windows measured at the current packing before it is compared with others.
     min_windows_to_compare: int = 3
     #: A trial that cannot be told apart from the packing it replaced is settled by the means
@@ -831,6 +832,8 @@ class _Pass:
         back = self.option(before, self.demand)
         if not back.meets_slo:
             return TrialVerdict.KEEP, back
+        if not current.meets_slo:
+            return TrialVerdict.REVERT, back  # measured, and still not sure at the target load
         margin = math.log(back.score / current.score)
         spread = math.hypot(back.score_log_sd, current.score_log_sd)
         settled = windows >= self.config.max_trial_windows
@@ -913,7 +916,11 @@ class _Pass:
         return _slo_slack(estimate, per_gpu, self.spec.slo, z, max_load)
 
     def stepping_stone(
-        self, options: list[_Option], gains: Mapping[Packing, float], best_gain: float
+        self,
+        options: list[_Option],
+        gains: Mapping[Packing, float],
+        best_gain: float,
+        current_score: float,
     ) -> tuple[_Option, _Option] | None:
         """A safe, unmeasured packing to try on the way to a better one the margin blocks.
 
@@ -921,7 +928,8 @@ class _Pass:
         median prediction meets the SLO but whose bound does not. A stone is a safe option
         that has not been measured; measuring it shrinks the shared trends' uncertainty
         (`Model.lookahead`), most for the nearest neighbours of the target. The stone that
-        narrows the target's bound most is taken, if by `stepping_stone_tightening_ratio`.
+        narrows the target's bound most is taken, if by `stepping_stone_tightening_ratio` and
+        if its shortfall against what runs is repaid in `stepping_stone_payback_windows`.
         Returns (stone, target).
         """
         config = self.config
@@ -941,10 +949,12 @@ class _Pass:
         before = self.slack(target.estimate, target, z)
         windows = float(config.min_windows_to_compare)
         best: tuple[float, float, str, _Option] | None = None
+        repaid = gains[target.packing] * config.stepping_stone_payback_windows
         for stone in options:
             if not stone.meets_slo or stone.estimate.windows >= config.min_windows_to_compare:
                 continue
-            if gains[stone.packing] < config.stepping_stone_gain_ratio:
+            shortfall = max(0.0, 1.0 - stone.score / current_score)
+            if shortfall * (config.min_windows_to_compare + 1) > repaid:
                 continue
             ahead = self.model.lookahead(target.packing, stone.packing, windows)
             if ahead is None:
@@ -969,7 +979,7 @@ class _Pass:
         }
         feasible = [o for o in options if o.meets_slo]
         best_gain = max((gains[o.packing] for o in feasible), default=0.0)
-        step = self.stepping_stone(options, gains, best_gain)
+        step = self.stepping_stone(options, gains, best_gain, current.score)
         if step is not None:
             stone, target = step
             objective = self.spec.objective.value.lower()

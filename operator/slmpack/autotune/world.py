@@ -20,9 +20,13 @@ benchmark `bench/autotune.py` and its test drive it; the policy never imports it
   GPUs the deployment spans.
 - **Power** per GPU is the planner's `power_watts` on the engines' DRAM bytes and busy time,
   combined per GPU as dcgm-sim does (`slmpack.sim.gpu_readings`); energy integrates it.
-- **A change** (scale or repack) takes effect at once: requests in flight on the old replicas
-  move to the new ones and recompute their KV there (as after a preemption), so a restart
-  shows as a latency spike, not as lost work. Model loading time is not modelled.
+- **A scale** keeps the replicas that stay as they are, as a Deployment's scale does: new
+  replicas start empty, and removed ones drain (the operator's pods finish what they run within
+  their termination grace period) for at most one window, taking no new requests, their work
+  and energy counted while they drain.
+- **A repack** restarts every replica at once: requests in flight move to the new replicas and
+  recompute their KV there (as after a preemption), so a restart shows as a latency spike, not
+  as lost work. Model loading time is not modelled.
 - **Prometheus.** `snapshot_of` turns a window into the `Snapshot` `collect_snapshot` would
   build: rates and averages over the window with multiplicative log-normal noise, and p99s by
   `histogram_quantile` over vLLM's TTFT and ITL buckets (plus noise).
@@ -30,6 +34,7 @@ benchmark `bench/autotune.py` and its test drive it; the policy never imports it
 
 from __future__ import annotations
 
+import copy
 import math
 import random
 from collections.abc import Sequence
@@ -144,6 +149,7 @@ class ReplicaWindow:
     bytes_moved: float = 0.0
     ttft_s: list[float] = field(default_factory=list)
     itl_s: list[float] = field(default_factory=list)
+    last_step_end_s: float | None = None  # None: no step ran in the window
 
 
 class ReplicaSim:
@@ -191,6 +197,12 @@ class ReplicaSim:
             moved.first_token_s = old.first_token_s
             moved.last_token_s = old.last_token_s
             self.scheduler.add(moved)
+
+    def fork(self) -> ReplicaSim:
+        """An independent copy of this engine's state (its requests, queue and clocks): the
+        replicas a scale-in removes, left to drain what this representative holds."""
+        shared = {id(self.world): self.world, id(self.cost): self.cost}
+        return copy.deepcopy(self, shared)
 
     def outstanding(self) -> list[SimRequest]:
         return [*self.scheduler.running, *self.scheduler.waiting]
@@ -251,6 +263,7 @@ class ReplicaSim:
             out.bytes_moved += step.bytes_moved
             self._decay(cycle, step.gpu_s)
             now += cycle
+            out.last_step_end_s = now
             outcome = scheduler.complete(batch, now)
             out.generated_tokens += outcome.generated_tokens
             out.prompt_tokens += outcome.prompt_tokens
@@ -355,10 +368,20 @@ class _Group:
     gpus: int
     replicas_per_gpu: int
     sim: ReplicaSim
+    draining: bool = False  # removed by a scale-in: takes no requests, gone after one window
 
     @property
     def replicas(self) -> int:
         return self.gpus * self.replicas_per_gpu
+
+
+def _fills(packing: Packing, replicas: int) -> dict[int, int]:
+    """GPUs per fill (replicas on the GPU): every GPU full, and possibly one holding the rest."""
+    n = packing.replicas_per_gpu
+    fills = {n: replicas // n} if replicas >= n else {}
+    if replicas % n:
+        fills[replicas % n] = 1
+    return fills
 
 
 class Deployment:
@@ -373,30 +396,35 @@ class Deployment:
         self.replicas = replicas
         self.groups = self._groups(packing, replicas, start_s)
 
+    def _group(self, packing: Packing, gpus: int, fill: int, start_s: float) -> _Group:
+        engines = 1 if packing.mode is SharingMode.MIG else fill
+        sim = ReplicaSim(self.world, packing, engines, random.Random(self.rng.random()), start_s)
+        return _Group(gpus, fill, sim)
+
     def _groups(self, packing: Packing, replicas: int, start_s: float) -> list[_Group]:
-        n = packing.replicas_per_gpu
-        shapes = [(replicas // n, n)] if replicas >= n else []
-        if replicas % n:
-            shapes.append((1, replicas % n))
-        groups = []
-        for gpus, k in shapes:
-            engines = 1 if packing.mode is SharingMode.MIG else k
-            sim = ReplicaSim(self.world, packing, engines, random.Random(self.rng.random()),
-                             start_s)  # fmt: skip
-            groups.append(_Group(gpus, k, sim))
-        return groups
+        return [
+            self._group(packing, gpus, fill, start_s)
+            for fill, gpus in _fills(packing, replicas).items()
+        ]
 
     @property
     def gpus(self) -> int:
-        return sum(g.gpus for g in self.groups)
+        """GPUs serving (draining replicas' GPUs are charged energy, not counted here)."""
+        return sum(g.gpus for g in self.groups if not g.draining)
 
     def reconfigure(self, packing: Packing, replicas: int, now_s: float) -> None:
-        """Run `replicas` of `packing` from `now_s`; requests in flight move to the new replicas."""
+        """Run `replicas` of `packing` from `now_s`: a scale keeps the replicas that stay, a
+        repack restarts every replica (requests in flight move to the new ones)."""
         if packing == self.packing and replicas == self.replicas:
+            return
+        if packing == self.packing:
+            self._rescale(replicas, now_s)
             return
         pool: list[SimRequest] = []
         weights: list[float] = []
         for g in self.groups:
+            if g.draining:
+                continue  # removed by a scale-in: finishes on its own
             reqs = g.sim.outstanding()
             pool += reqs
             weights += [float(g.replicas)] * len(reqs)
@@ -410,24 +438,58 @@ class Deployment:
             count = math.floor(per_replica + self.rng.random())  # stochastic rounding
             g.sim.adopt(self.rng.choices(pool, weights=weights, k=count))
 
+    def _rescale(self, replicas: int, now_s: float) -> None:
+        """Same packing, another count: per fill, add empty GPUs or drain some.
+
+        Groups of one fill are first merged into the largest: a window after a change, every
+        replica of a fill sees the same Poisson share and is in the same steady state, so one
+        representative stands for all of them (its in-flight work stands, in expectation, for
+        that of the ones it replaces).
+        """
+        serving: dict[int, _Group] = {}
+        for g in sorted((g for g in self.groups if not g.draining), key=lambda g: -g.gpus):
+            kept = serving.setdefault(g.replicas_per_gpu, g)
+            if kept is not g:
+                kept.gpus += g.gpus
+        groups: list[_Group] = []
+        wanted = _fills(self.packing, replicas)
+        for fill in sorted(set(serving) | set(wanted), reverse=True):
+            have, want = serving.get(fill), wanted.get(fill, 0)
+            held = have.gpus if have else 0
+            if have is not None and want < held:
+                groups.append(_Group(held - want, fill, have.sim.fork(), draining=True))
+                have.gpus = want
+            if have is not None and have.gpus > 0:
+                groups.append(have)
+            if want > held:
+                groups.append(self._group(self.packing, want - held, fill, now_s))
+        self.replicas = replicas
+        self.groups = groups
+
     def run(self, end_s: float, requests_per_s: float) -> WindowStats:
         """Serve `requests_per_s` (all replicas together) until `end_s`."""
         start_s = self.groups[0].sim.now_s
         per_replica = requests_per_s / self.replicas
-        windows = [(g, g.sim.run(end_s, per_replica)) for g in self.groups]
+        windows = [(g, g.sim.run(end_s, 0.0 if g.draining else per_replica)) for g in self.groups]
         duration = end_s - start_s
         gpu = self.world.gpu
         device = self.world.device(self.packing)
         energy = 0.0
         for g, w in windows:
-            busy_one = min(1.0, w.gpu_busy_s / duration)
-            dram = min(1.0, g.replicas_per_gpu * w.bytes_moved / duration
+            span = duration
+            if g.draining:  # its GPUs are held until the last removed replica is done
+                span = 0.0 if w.last_step_end_s is None else w.last_step_end_s - start_s
+            if span <= 0.0:
+                continue
+            busy_one = min(1.0, w.gpu_busy_s / span)
+            dram = min(1.0, g.replicas_per_gpu * w.bytes_moved / span
                        / gpu.memory_bandwidth_bytes_per_s)  # fmt: skip
             if self.packing.mode is SharingMode.MIG:
                 busy = g.replicas_per_gpu * busy_one * device.flops_per_s / gpu.bf16_dense_flops
             else:
                 busy = 1.0 - (1.0 - busy_one) ** g.replicas_per_gpu
-            energy += g.gpus * power_watts(gpu, dram, min(1.0, busy), self.world.params) * duration
+            energy += g.gpus * power_watts(gpu, dram, min(1.0, busy), self.world.params) * span
+        self.groups = [g for g in self.groups if not g.draining]
 
         def total(attr: str) -> float:
             return sum(g.replicas * float(getattr(w, attr)) for g, w in windows)
@@ -449,7 +511,9 @@ class Deployment:
             preemptions=total("preemptions"),
             running_mean=total("running_s") / duration,
             waiting_mean=total("waiting_s") / duration,
-            kv_usage_ratio=total("kv_usage_s") / duration / self.replicas,
+            kv_usage_ratio=sum(g.replicas * w.kv_usage_s for g, w in windows if not g.draining)
+            / duration
+            / self.replicas,
             energy_joules=energy,
             ttft_p99_s=_weighted_quantile(ttft, 0.99),
             itl_p99_s=_weighted_quantile(itl, 0.99),

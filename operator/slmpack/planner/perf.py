@@ -43,6 +43,7 @@ from dataclasses import dataclass, fields
 from functools import cache, lru_cache
 from importlib import resources
 from pathlib import Path
+from statistics import NormalDist
 from typing import Any
 
 import yaml
@@ -597,6 +598,40 @@ def _operating_cycle(
     return cycle_at((min(math.floor(root / cell), _BATCH_CELLS - 1) + 0.5) * cell)
 
 
+#: Standard normal quantile at 0.99.
+_Z99 = 2.3263
+
+
+def _lognormal_sigma(mean: float, p99: float) -> float:
+    """The log-sd of a lognormal with this mean and 99th percentile (the lighter-tailed root of
+    ln(p99 / mean) = z99 sigma - sigma^2 / 2; the heaviest tail the two allow when none is)."""
+    gap = math.log(max(p99, mean) / mean)
+    disc = _Z99**2 - 2.0 * gap
+    return _Z99 - math.sqrt(disc) if disc > 0 else _Z99
+
+
+def p99_step_prefill_tokens(workload: Workload, running_seqs: float) -> float:
+    """Prompt tokens the slowest 1% of decode steps carry, before the step budget caps them.
+
+    Every running sequence sees each step's gap, so the ITL p99 is the step at the 99th
+    percentile of prefill work. In steady state running / mean_output requests join per step
+    (Little's law), Poisson; prompts are lognormal with the workload's mean and p99. When joins
+    are rare, the p99 step holds one prompt at the (1 - 0.01 / P(any join)) quantile; when
+    many join, the per-step sum is close to normal. The larger of the two keeps the estimate
+    conservative between those regimes; a step where a join is rarer than 1% adds nothing.
+    """
+    joins = running_seqs / workload.mean_output_tokens
+    share = 1.0 - math.exp(-joins)
+    if share <= 0.01:
+        return 0.0
+    mean = float(workload.mean_input_tokens)
+    sigma = _lognormal_sigma(mean, workload.p99_input_tokens)
+    mu = math.log(mean) - sigma**2 / 2
+    one = math.exp(mu + sigma * NormalDist().inv_cdf(1.0 - 0.01 / share))
+    many = joins * mean + _Z99 * math.sqrt(joins * mean**2 * math.exp(sigma**2))
+    return max(one, many)
+
+
 @dataclass(frozen=True)
 class _Latency:
     itl_p99_s: float
@@ -619,7 +654,11 @@ def _latencies(
     def prefill_s(tokens: int) -> float:
         return tokens * decode_flops_per_token(model, tokens // 2) / prefill_rate
 
-    chunk = min(workload.p99_input_tokens, engine.max_num_batched_tokens)
+    chunk = p99_step_prefill_tokens(workload, operating.step.running_seqs)
+    chunk = min(chunk, engine.max_num_batched_tokens)
+    # The operating step already carries the mean prefill; the p99 gap adds what lies above it.
+    mean_prefill = operating.step.running_seqs * workload.mean_input_tokens
+    mean_prefill /= workload.mean_output_tokens
     extra_chunks = max(0, math.ceil(workload.p99_input_tokens / engine.max_num_batched_tokens) - 1)
     # Each replica's batch slots are servers; a request holds one for mean_output steps. The
     # router spreads load evenly, so one replica's queue stands for all.
@@ -628,7 +667,7 @@ def _latencies(
     offered = operating.step.running_seqs
     wait_p50, wait_p99 = _queue_waits_s(servers, offered, service_s, (0.5, 0.99))
     return _Latency(
-        itl_p99_s=step_s + prefill_s(chunk),
+        itl_p99_s=step_s + prefill_s(max(0, math.ceil(chunk - mean_prefill))),
         ttft_p50_s=wait_p50 + step_s + prefill_s(workload.mean_input_tokens),
         ttft_p99_s=wait_p99 + (1 + extra_chunks) * step_s + prefill_s(workload.p99_input_tokens),
     )
