@@ -24,6 +24,7 @@ from slmpack.autotune.policy import (
     RunningConfig,
     TunerState,
     TuneSpec,
+    _rising,
     expected_gain_ratio,
     gpus_for,
     tune,
@@ -269,6 +270,55 @@ def test_a_load_spike_scales_out_fast_and_back_in_slowly() -> None:
         assert b.at_s - a.at_s >= CONFIG.scale_down_stabilisation_s
     final = trace.steps[-1]
     assert gpus_for(final.replicas, final.packing) <= gpus_before + 1
+
+
+def test_a_rising_trend_needs_four_windows_and_a_clear_slope() -> None:
+    rising = [(60.0 * i, 100.0 + 5.0 * i + (-1) ** i) for i in range(5)]
+    assert _rising(rising, 2.0)
+    assert not _rising(rising[:3], 2.0)  # too few windows to tell a trend from noise
+    noisy = [(60.0 * i, 100.0 + 8.0 * (-1) ** i) for i in range(6)]
+    assert not _rising(noisy, 2.0)
+    assert not _rising([(60.0 * i, 100.0 - 5.0 * i) for i in range(5)], 2.0)
+
+
+def test_a_ramp_scales_out_after_one_hot_window() -> None:
+    request = plan_request(objective=Objective.THROUGHPUT)
+    prior = build_prior(request)
+    truth = exact_truth(prior)
+    start = recommended(request)
+    capacity = truth.capacity(start)
+
+    def demand(t: float) -> float:  # 0.6 of two GPUs, rising 4% of it per minute
+        return 2 * 0.6 * capacity * (1 + 0.04 * max(0.0, t - 600) / 60)
+
+    spec = TuneSpec(objective=Objective.THROUGHPUT)
+    first = {}
+    for z in (CONFIG.rising_trend_z, math.inf):
+        config = PolicyConfig(rising_trend_z=z, repack_gain_ratio=10.0)  # scaling only
+        trace = simulate(truth, spec, demand, start=start, replicas=2 * start.replicas_per_gpu,
+                         ticks=60, noise=0.02, config=config)  # fmt: skip
+        outs = [s for s in trace.actions(Action.SCALE) if s.decision.reason is Reason.LOAD_ROSE]
+        assert outs
+        first[z] = outs[0].tick
+    assert first[CONFIG.rising_trend_z] < first[math.inf]
+
+
+def test_full_batch_slots_scale_out_when_the_capacity_estimate_says_there_is_room() -> None:
+    request = plan_request(objective=Objective.THROUGHPUT)
+    prior = build_prior(request)
+    truth = exact_truth(prior)
+    start = recommended(request)
+    demand = 3 * 0.8 * truth.capacity(start)  # between the target and the scale-out threshold
+    spec = TuneSpec(objective=Objective.THROUGHPUT)
+    messages = {}
+    for occupancy in (CONFIG.scale_up_occupancy_ratio, 0.3):
+        config = PolicyConfig(scale_up_occupancy_ratio=occupancy, repack_gain_ratio=10.0)
+        trace = simulate(truth, spec, lambda _: demand, start=start,
+                         replicas=3 * start.replicas_per_gpu, ticks=12, noise=0.02,
+                         config=config)  # fmt: skip
+        messages[occupancy] = [s.decision.message for s in trace.actions(Action.SCALE)]
+    assert messages[CONFIG.scale_up_occupancy_ratio] == []
+    assert any("batch slots" in m for m in messages[0.3]), messages[0.3]
 
 
 def test_scale_in_frees_whole_gpus() -> None:

@@ -161,13 +161,19 @@ def test_groups_of_one_fill_merge_at_the_next_change() -> None:
     assert sorted((g.replicas_per_gpu, g.gpus) for g in deployment.groups) == [(1, 1), (2, 3)]
 
 
-def test_a_repack_restarts_every_replica() -> None:
-    deployment, _ = _loaded(4)
-    held = sum(g.replicas * len(g.sim.outstanding()) for g in deployment.groups)
+def test_a_repack_drains_every_old_replica_and_starts_the_new_ones_empty() -> None:
+    deployment, rate = _loaded(4)
     old = [g.sim for g in deployment.groups]
+    held = sum(len(sim.outstanding()) for sim in old)
+    assert held > 0
     request = bench.request_for(CASE, TINY)
     other = next(p.packing for p in build_prior(request).points if p.packing.replicas_per_gpu == 1)
     deployment.reconfigure(other, 4, 60.0)
-    assert all(g.sim not in old for g in deployment.groups)
-    moved = sum(g.replicas * len(g.sim.outstanding()) for g in deployment.groups)
-    assert moved == pytest.approx(held, rel=0.5)  # in flight moved over, to recompute there
+    serving = [g for g in deployment.groups if not g.draining]
+    assert [g.sim for g in deployment.groups if g.draining] == old
+    assert all(g.sim.outstanding() == [] for g in serving)  # nothing moved over to recompute
+    stats = deployment.run(120.0, rate)
+    assert all(sim.outstanding() == [] for sim in old)
+    assert stats.packing == other
+    assert stats.gpus == 4
+    assert stats.waiting_mean < 1.0

@@ -34,7 +34,7 @@ docs/autotune.md):
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -120,9 +120,17 @@ class PolicyConfig:
     #: Scale out once utilisation passes this. The gap to the target is the hysteresis: after a
     #: step to the target, window-to-window noise (about 8%) does not reach it.
     scale_up_utilisation_ratio: float = 0.85
+    #: Batch slots in use (running requests over replicas x the batch the prior saturates at)
+    #: past this also count as hot: the queue forms as the last slots fill, whatever the
+    #: capacity estimate says, so this catches a capacity the model overstates.
+    scale_up_occupancy_ratio: float = 0.85
     #: Consecutive windows over that utilisation before scaling out (a queue or an SLO breach
     #: acts at once). One window in twenty is 1.6 standard deviations high by chance.
     scale_up_windows: int = 2
+    #: While demand is rising (a positive trend over the scale-down window at this many
+    #: standard errors, from at least 4 windows), one hot window is enough: follow load up
+    #: fast, before a ramp outruns a capacity the model overstates.
+    rising_trend_z: float = 2.0
     #: Most replicas one scale-out may reach, as a multiple of the current count.
     max_scale_up_ratio: float = 2.0
     #: Scale in only after the configuration has been stable, and demand below the sized level,
@@ -539,6 +547,28 @@ def _demand(obs: Observation, config: PolicyConfig) -> float:
     return generated * min(backlog, config.max_backlog_ratio)
 
 
+def _rising(history: Sequence[tuple[float, float]], z: float) -> bool:
+    """Whether the least-squares slope of (time, demand) is positive by `z` standard errors."""
+    if len(history) < 4:
+        return False
+    ts = [t for t, _ in history]
+    ys = [d for _, d in history]
+    t_mean, y_mean = sum(ts) / len(ts), sum(ys) / len(ys)
+    sxx = sum((t - t_mean) ** 2 for t in ts)
+    if sxx <= 0:
+        return False
+    slope = sum((t - t_mean) * (y - y_mean) for t, y in zip(ts, ys, strict=True)) / sxx
+    residual = sum((y - y_mean - slope * (t - t_mean)) ** 2 for t, y in zip(ts, ys, strict=True))
+    se = math.sqrt(residual / (len(ts) - 2) / sxx)
+    return slope > z * se if se > 0 else slope > 0
+
+
+def _occupancy(obs: Observation, estimate: Estimate) -> float:
+    """Share of the batch slots in use: running requests over replicas x saturated batch."""
+    slots = obs.running.replicas * max(estimate.point.batch_per_replica, 1.0)
+    return (obs.requests_running or 0.0) / slots
+
+
 @dataclass(frozen=True)
 class _Option:
     """A packing evaluated at the current demand."""
@@ -743,13 +773,19 @@ class _Pass:
         breach_under_load = breached and (
             self.utilisation >= config.breach_scale_out_utilisation_ratio
         )
-        hot = self.state.hot_windows >= config.scale_up_windows
+        hot = self.state.hot_windows >= config.scale_up_windows or (
+            self.state.hot_windows >= 1 and _rising(self.state.demand, config.rising_trend_z)
+        )
         if not (hot or self.saturated or breach_under_load):
             return None
         n = self.packing.replicas_per_gpu
         gpus = self.gpus_needed(self.estimate, self.demand)
-        if self.saturated or breach_under_load:
-            gpus = max(gpus, self.gpus + 1)  # the queue hides demand: at least one more GPU
+        occupancy = _occupancy(self.obs, self.estimate)
+        full = occupancy > config.scale_up_occupancy_ratio
+        if self.saturated or breach_under_load or (hot and full):
+            # A queue hides demand, and full slots say the capacity estimate runs high: at
+            # least one more GPU.
+            gpus = max(gpus, self.gpus + 1)
         # At most max_scale_up_ratio times the current count, but always at least one GPU more.
         cap = max(
             self.running.replicas + n, math.floor(self.running.replicas * config.max_scale_up_ratio)
@@ -765,6 +801,8 @@ class _Pass:
                 if self.saturated
                 else f"utilisation {self.utilisation:.0%} is over "
                 f"{config.scale_up_utilisation_ratio:.0%}"
+                if self.utilisation > config.scale_up_utilisation_ratio
+                else f"{occupancy:.0%} of the batch slots are in use"
             )
         )
         reason = Reason.SLO_BREACHED if breach_under_load else Reason.LOAD_ROSE
@@ -1177,6 +1215,7 @@ def tune(
         assert estimate is not None
         load = _demand(obs, config) / running.gpus / estimate.capacity_tokens_per_s()
         hot = load > config.scale_up_utilisation_ratio
+        hot = hot or _occupancy(obs, estimate) > config.scale_up_occupancy_ratio
         state = replace(state, hot_windows=state.hot_windows + 1 if hot else 0)
     current = _Pass(state, obs, model, spec, config, now_s)
     urgent = (current.bounds, current.scale_out, current.breach_repack, current.conclude_trial)

@@ -24,9 +24,10 @@ benchmark `bench/autotune.py` and its test drive it; the policy never imports it
   replicas start empty, and removed ones drain (the operator's pods finish what they run within
   their termination grace period) for at most one window, taking no new requests, their work
   and energy counted while they drain.
-- **A repack** restarts every replica at once: requests in flight move to the new replicas and
-  recompute their KV there (as after a preemption), so a restart shows as a latency spike, not
-  as lost work. Model loading time is not modelled.
+- **A repack** replaces every replica: the old ones drain what they hold, as above, and the new
+  ones start empty and take every new request. Model loading time is not modelled: the
+  operator's rollout replaces one pod at a time, which costs a share of the capacity for the
+  rollout's length, not a queue of recomputed requests.
 - **Prometheus.** `snapshot_of` turns a window into the `Snapshot` `collect_snapshot` would
   build: rates and averages over the window with multiplicative log-normal noise, and p99s by
   `histogram_quantile` over vLLM's TTFT and ITL buckets (plus noise).
@@ -186,17 +187,6 @@ class ReplicaSim:
         prompt = self.world.inputs.sample(self.rng)
         output = max(1, min(self.world.outputs.sample(self.rng), self.max_model_len - prompt))
         return SimRequest(str(self._serial), prompt, output, at_s)
-
-    def adopt(self, requests: Sequence[SimRequest]) -> None:
-        """Take over requests from a replica that stopped: they recompute their KV here."""
-        for old in sorted(requests, key=lambda r: r.arrival_s):
-            moved = SimRequest(old.request_id, old.prompt_tokens, old.output_tokens,
-                               old.arrival_s)  # fmt: skip
-            moved.generated = old.generated
-            moved.scheduled_s = old.scheduled_s
-            moved.first_token_s = old.first_token_s
-            moved.last_token_s = old.last_token_s
-            self.scheduler.add(moved)
 
     def fork(self) -> ReplicaSim:
         """An independent copy of this engine's state (its requests, queue and clocks): the
@@ -365,6 +355,7 @@ def _bucket_counts(
 
 @dataclass
 class _Group:
+    packing: Packing
     gpus: int
     replicas_per_gpu: int
     sim: ReplicaSim
@@ -399,7 +390,7 @@ class Deployment:
     def _group(self, packing: Packing, gpus: int, fill: int, start_s: float) -> _Group:
         engines = 1 if packing.mode is SharingMode.MIG else fill
         sim = ReplicaSim(self.world, packing, engines, random.Random(self.rng.random()), start_s)
-        return _Group(gpus, fill, sim)
+        return _Group(packing, gpus, fill, sim)
 
     def _groups(self, packing: Packing, replicas: int, start_s: float) -> list[_Group]:
         return [
@@ -414,29 +405,17 @@ class Deployment:
 
     def reconfigure(self, packing: Packing, replicas: int, now_s: float) -> None:
         """Run `replicas` of `packing` from `now_s`: a scale keeps the replicas that stay, a
-        repack restarts every replica (requests in flight move to the new ones)."""
+        repack replaces every replica (the old ones drain, the new ones start empty)."""
         if packing == self.packing and replicas == self.replicas:
             return
         if packing == self.packing:
             self._rescale(replicas, now_s)
             return
-        pool: list[SimRequest] = []
-        weights: list[float] = []
+        # A rollout replaces pods; each old one drains what it holds before it goes.
         for g in self.groups:
-            if g.draining:
-                continue  # removed by a scale-in: finishes on its own
-            reqs = g.sim.outstanding()
-            pool += reqs
-            weights += [float(g.replicas)] * len(reqs)
-        total = sum(weights)
+            g.draining = True
         self.packing, self.replicas = packing, replicas
-        self.groups = self._groups(packing, replicas, now_s)
-        if not pool:
-            return
-        per_replica = total / replicas
-        for g in self.groups:
-            count = math.floor(per_replica + self.rng.random())  # stochastic rounding
-            g.sim.adopt(self.rng.choices(pool, weights=weights, k=count))
+        self.groups += self._groups(packing, replicas, now_s)
 
     def _rescale(self, replicas: int, now_s: float) -> None:
         """Same packing, another count: per fill, add empty GPUs or drain some.
@@ -457,7 +436,9 @@ class Deployment:
             have, want = serving.get(fill), wanted.get(fill, 0)
             held = have.gpus if have else 0
             if have is not None and want < held:
-                groups.append(_Group(held - want, fill, have.sim.fork(), draining=True))
+                groups.append(
+                    _Group(have.packing, held - want, fill, have.sim.fork(), draining=True)
+                )
                 have.gpus = want
             if have is not None and have.gpus > 0:
                 groups.append(have)
@@ -473,7 +454,6 @@ class Deployment:
         windows = [(g, g.sim.run(end_s, 0.0 if g.draining else per_replica)) for g in self.groups]
         duration = end_s - start_s
         gpu = self.world.gpu
-        device = self.world.device(self.packing)
         energy = 0.0
         for g, w in windows:
             span = duration
@@ -484,7 +464,8 @@ class Deployment:
             busy_one = min(1.0, w.gpu_busy_s / span)
             dram = min(1.0, g.replicas_per_gpu * w.bytes_moved / span
                        / gpu.memory_bandwidth_bytes_per_s)  # fmt: skip
-            if self.packing.mode is SharingMode.MIG:
+            if g.packing.mode is SharingMode.MIG:
+                device = self.world.device(g.packing)
                 busy = g.replicas_per_gpu * busy_one * device.flops_per_s / gpu.bf16_dense_flops
             else:
                 busy = 1.0 - (1.0 - busy_one) ** g.replicas_per_gpu
