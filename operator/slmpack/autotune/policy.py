@@ -887,20 +887,29 @@ class _Pass:
         if verdict is not TrialVerdict.REVERT or back is None:
             return None
         current = self.option(self.estimate, self.demand)
-        onward = self.onward(back, current)
+        if current.meets_slo:
+            why = (
+                f"{self.packing.key} measured {1 - current.score / back.score:.0%} worse than "
+                f"{back.packing.key}"
+            )
+        else:
+            why = (
+                f"{self.packing.key} measured, and its p99 bound still misses the SLO at "
+                f"{self.config.target_utilisation_ratio:.0%} utilisation"
+            )
+        onward = self.onward(back, why)
         if onward is not None:
             return onward
         return self.decision(
             Action.REPACK,
             Reason.EXPLORATION_REVERTED,
-            f"{self.packing.key} measured {1 - current.score / back.score:.0%} worse than "
-            f"{back.packing.key}; returning to it",
+            f"{why}; returning to {back.packing.key}",
             back.packing,
             back.replicas,
             gain=back.score / current.score - 1.0,
         )
 
-    def onward(self, back: _Option, current: _Option) -> Decision | None:
+    def onward(self, back: _Option, why: str) -> Decision | None:
         """Instead of returning from a worse trial, go on to a packing its measurement made
         safe and that beats the one to return to: one repack instead of two."""
         config = self.config
@@ -920,9 +929,8 @@ class _Pass:
         return self.decision(
             Action.REPACK,
             Reason.EXPLORING if exploring else Reason.BETTER_PACKING,
-            f"{self.packing.key} measured {1 - current.score / back.score:.0%} worse than "
-            f"{back.packing.key}; {'trying' if exploring else 'moving to'} "
-            f"{best.packing.key} instead, expected {gains[best.packing]:.0%} better than it",
+            f"{why}; {'trying' if exploring else 'moving to'} {best.packing.key} instead of "
+            f"{back.packing.key}, expected {gains[best.packing]:.0%} better than it",
             best.packing,
             best.replicas,
             exploring=exploring,
