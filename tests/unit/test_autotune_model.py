@@ -159,3 +159,56 @@ def test_lookahead_shrinks_a_near_neighbour_more_than_a_far_one() -> None:
     own = model.lookahead(stone, stone, 3)
     assert own is not None
     assert own.speed.sd_log < 0.08 / math.sqrt(3)
+
+
+def _at_batches(packing: Packing, speeds: dict[float, float], count: int = 5) -> MeasuredPoint:
+    """`count` windows at each share of the saturated batch, at its speed over the prior."""
+    point = PRIOR.get(packing)
+    assert point is not None
+    measured: tuple[MeasuredPoint, ...] = ()
+    for share, speed in speeds.items():
+        running = share * point.batch_per_replica
+        per_replica = running / (point.step_s(running) / speed)
+        window = WindowMeasurement(
+            output_tokens_per_s_per_gpu=per_replica * packing.replicas_per_gpu,
+            total_tokens_per_s_per_gpu=per_replica * packing.replicas_per_gpu * 1.38,
+            running_per_replica=running,
+            output_tokens_per_s_per_replica=per_replica,
+            watts_per_gpu=None,
+            ttft_p99_s=None,
+            itl_p99_s=None,
+            slo_met=None,
+        )
+        for _ in range(count):
+            measured = record(measured, packing, point, window, cap=30, min_running=1.0)
+    return measured[0]
+
+
+def test_a_speed_that_falls_with_the_batch_lowers_the_saturated_capacity() -> None:
+    packing = recommended(REQUEST)
+    # Log speed ratio falling 0.2 per unit of log batch, from 1.2 at a tenth of the batch.
+    shares = (0.1, 0.25, 0.5)
+    falling = {s: 1.2 * math.exp(-0.2 * math.log(s / 0.1)) for s in shares}
+    estimate = fit(PRIOR, [_at_batches(packing, falling)]).get(packing)
+    assert estimate is not None
+    # From the batches' mean log to the saturated batch (share 1).
+    mean_log = sum(math.log(s) for s in shares) / len(shares)
+    expected = math.exp(-0.2 * (0.0 - mean_log))
+    assert estimate.saturation == pytest.approx(expected, rel=0.02)
+    assert estimate.saturated_capacity_tokens_per_s() < estimate.capacity_tokens_per_s()
+
+
+@pytest.mark.parametrize(
+    "speeds",
+    [
+        {0.1: 1.0, 0.25: 1.0, 0.5: 1.0},  # no trend
+        {0.1: 0.9, 0.25: 1.0, 0.5: 1.1},  # rising: never raises the capacity
+        {0.3: 1.1, 0.45: 0.95},  # batches too close together to extrapolate from
+        {0.1: 1.05, 0.25: 0.97, 0.5: 1.04},  # noise, not a trend
+    ],
+)
+def test_no_clear_falling_trend_leaves_the_capacity_alone(speeds: dict[float, float]) -> None:
+    packing = recommended(REQUEST)
+    estimate = fit(PRIOR, [_at_batches(packing, speeds)]).get(packing)
+    assert estimate is not None
+    assert estimate.saturation == 1.0

@@ -467,6 +467,12 @@ class ModelConfig:
     max_fit_load_ratio: float = 0.9
     #: Below one running sequence per replica the step estimate is mostly idle time.
     min_running_per_replica: float = 1.0
+    #: The speed ratio's trend with the batch (see `_saturation_ratio`) counts once its slope
+    #: is this many standard errors from zero, over batches at least this far apart.
+    saturation_slope_z: float = 2.0
+    min_saturation_batch_span_ratio: float = 2.0
+    #: The most the trend may take off the capacity at saturation.
+    min_saturation_ratio: float = 0.6
 
 
 @dataclass(frozen=True)
@@ -495,10 +501,19 @@ class Estimate:
     itl: Correction
     power: Correction
     windows: float  # measured windows at this packing
+    #: What the measured batches' trend takes off the capacity at the saturated batch (1: no
+    #: trend measured). It sizes and sets the utilisation; scores stay on the speed factor, so
+    #: a measured packing is not ranked against unmeasured ones on a term only it has.
+    saturation: float = 1.0
 
     def capacity_tokens_per_s(self, z: float = 0.0) -> float:
-        """Generated tokens/s per GPU at saturation; z < 0 for a lower bound."""
+        """Generated tokens/s per GPU at saturation by the speed factor; z < 0 for a lower
+        bound."""
         return self.point.output_capacity_tokens_per_s * self.speed.bound(z)
+
+    def saturated_capacity_tokens_per_s(self, z: float = 0.0) -> float:
+        """`capacity_tokens_per_s` with the measured trend toward the saturated batch."""
+        return self.capacity_tokens_per_s(z) * self.saturation
 
     def load_ratio(self, output_tokens_per_s_per_gpu: float, z: float = 0.0) -> float:
         """Load as a share of capacity; with z > 0, against the capacity's lower bound."""
@@ -617,6 +632,39 @@ def _speed_ratios(point: PriorPoint, loads: Sequence[LoadStats]) -> tuple[float,
     return _weighted_mean(pairs)
 
 
+def _saturation_ratio(point: PriorPoint, loads: Sequence[LoadStats], config: ModelConfig) -> float:
+    """How much lower the speed ratio is at the saturated batch than where it was measured.
+
+    The speed factor is one number per packing, fitted where the packing ran; but a step can
+    grow with the batch faster than the prior's (longer contexts, a heavier CPU phase), and
+    then the factor measured at part load overstates the capacity at saturation, which is
+    what utilisation and sizing need. A weighted least-squares line of the per-bucket log
+    ratio over log running batch, extrapolated from the batches measured (their weighted mean)
+    to the saturated one, gives the correction when its slope is clearly negative and the
+    batches span enough; otherwise none. It only ever lowers the capacity.
+    """
+    xs, ys, ws = [], [], []
+    for s in loads:
+        running, step = s.running_per_replica.get(), s.step_s.get()
+        if running is None or step is None or step <= 0 or running <= 0:
+            continue
+        xs.append(math.log(running))
+        ys.append(math.log(point.step_s(running) / step))
+        ws.append(s.step_s.count / config.speed.noise_sd**2)
+    if len(xs) < 2 or max(xs) - min(xs) < math.log(config.min_saturation_batch_span_ratio):
+        return 1.0
+    total = sum(ws)
+    x_mean = sum(w * x for w, x in zip(ws, xs, strict=True)) / total
+    y_mean = sum(w * y for w, y in zip(ws, ys, strict=True)) / total
+    sxx = sum(w * (x - x_mean) ** 2 for w, x in zip(ws, xs, strict=True))
+    slope = sum(w * (x - x_mean) * (y - y_mean) for w, x, y in zip(ws, xs, ys, strict=True)) / sxx
+    if slope >= -config.saturation_slope_z / math.sqrt(sxx):
+        return 1.0
+    top = math.log(max(point.batch_per_replica, 1.0))
+    ratio = math.exp(slope * max(0.0, top - x_mean))
+    return min(1.0, max(config.min_saturation_ratio, ratio))
+
+
 def _latency_ratios(
     point: PriorPoint,
     loads: Sequence[LoadStats],
@@ -676,9 +724,18 @@ def fit(
     itl, itl_post = _posterior(features, config.latency, itl_obs)
     power, power_post = _posterior(features, config.power, power_obs)
     windows = {m.packing: m.windows for m in measured}
+    saturation = {i: _saturation_ratio(points[i], ls, config) for i, ls in loads.items()}
     return Model(
         {
-            p.packing: Estimate(p, speed[i], ttft[i], itl[i], power[i], windows.get(p.packing, 0.0))
+            p.packing: Estimate(
+                p,
+                speed[i],
+                ttft[i],
+                itl[i],
+                power[i],
+                windows.get(p.packing, 0.0),
+                saturation.get(i, 1.0),
+            )
             for i, p in enumerate(points)
         },
         {

@@ -671,7 +671,7 @@ class _Pass:
         self.estimate = estimate
         self.demand = _demand(obs, config)
         self.gpus = self.running.gpus
-        self.utilisation = self.demand / self.gpus / estimate.capacity_tokens_per_s()
+        self.utilisation = self.demand / self.gpus / estimate.saturated_capacity_tokens_per_s()
         self.saturated = (obs.requests_waiting or 0.0) / max(
             self.running.replicas, 1
         ) >= config.saturated_waiting_per_replica
@@ -680,7 +680,7 @@ class _Pass:
 
     def gpus_needed(self, estimate: Estimate, demand: float) -> int:
         """GPUs that carry `demand` at the target utilisation of the capacity's lower bound."""
-        capacity = estimate.capacity_tokens_per_s(-self.config.slo_margin_z)
+        capacity = estimate.saturated_capacity_tokens_per_s(-self.config.slo_margin_z)
         return max(1, math.ceil(demand / (self.config.target_utilisation_ratio * capacity)))
 
     def option(self, estimate: Estimate, demand: float) -> _Option:
@@ -714,7 +714,7 @@ class _Pass:
             gpus=self.gpus,
             demand_output_tokens_per_s=self.demand,
             utilisation_ratio=self.utilisation,
-            capacity_output_tokens_per_s_per_gpu=self.estimate.capacity_tokens_per_s(),
+            capacity_output_tokens_per_s_per_gpu=self.estimate.saturated_capacity_tokens_per_s(),
             throughput_total_tokens_per_s_per_gpu=total / self.gpus,
             tokens_per_joule=tpj,
             ttft_p99_s=obs.ttft_p99_s,
@@ -1221,7 +1221,7 @@ def tune(
     if fresh:
         estimate = model.get(running.packing)
         assert estimate is not None
-        load = _demand(obs, config) / running.gpus / estimate.capacity_tokens_per_s()
+        load = _demand(obs, config) / running.gpus / estimate.saturated_capacity_tokens_per_s()
         hot = load > config.scale_up_utilisation_ratio
         hot = hot or _occupancy(obs, estimate) > config.scale_up_occupancy_ratio
         state = replace(state, hot_windows=state.hot_windows + 1 if hot else 0)
