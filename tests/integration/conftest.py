@@ -21,12 +21,11 @@ from typing import Any
 
 import pytest
 from kubernetes import client
-from kubernetes.client.exceptions import ApiException
 
 from slmpack.devcluster import binaries, gpu_nodes, launcher, node_apply
 from slmpack.devcluster.errors import DevClusterError
 
-from .kube_helpers import wait_for
+from .kube_helpers import wait_for_default_service_account
 
 TEST_CLUSTER_PREFIX = "pytest-"
 #: Generous: a cold 2-core CI machine starts the control plane in well under this.
@@ -125,18 +124,7 @@ def namespace(api_client: client.ApiClient, request: pytest.FixtureRequest) -> I
     name = f"t-{slug}-{uuid.uuid4().hex[:6]}"
     core.create_namespace({"metadata": {"name": name}})
 
-    def default_sa_exists() -> bool:
-        try:
-            core.read_namespaced_service_account("default", name)
-        except ApiException as exc:
-            if exc.status == 404:
-                return False
-            raise
-        return True
-
-    # The ServiceAccount admission plugin rejects pods until the controller-manager has
-    # created the namespace's default ServiceAccount.
-    wait_for(default_sa_exists, f"ServiceAccount default in {name}")
+    wait_for_default_service_account(core, name)
     yield name
     core.delete_namespace(name)
 

@@ -32,7 +32,7 @@ from slmpack.devcluster.launcher import free_port
 from slmpack.devcluster.operator_process import OperatorProcess
 
 from .conftest import LiveCluster
-from .kube_helpers import wait_for
+from .kube_helpers import wait_for, wait_for_default_service_account
 
 pytestmark = pytest.mark.cluster
 
@@ -96,16 +96,7 @@ def create_namespace(api_client: client.ApiClient, prefix: str, **labels: str) -
     core = client.CoreV1Api(api_client)
     core.create_namespace({"metadata": {"name": name, "labels": labels}})
 
-    def default_account() -> bool:
-        try:
-            core.read_namespaced_service_account("default", name)
-        except ApiException as err:
-            if err.status == 404:
-                return False
-            raise
-        return True
-
-    wait_for(default_account, f"ServiceAccount default in {name}")
+    wait_for_default_service_account(core, name)
     return name
 
 

@@ -22,7 +22,7 @@ from slmpack.devcluster import binaries, crd_apply, gpu_nodes, launcher, node_ap
 from slmpack.devcluster.operator_process import OperatorProcess
 
 from .conftest import LiveCluster
-from .kube_helpers import wait_for
+from .kube_helpers import wait_for, wait_for_default_service_account
 
 pytestmark = pytest.mark.cluster
 
@@ -306,7 +306,7 @@ def test_an_operator_limited_to_namespaces_ignores_the_others(
     try:
         scoped.start()
         spec = {"model": {"uri": "hf://facebook/opt-125m"}}
-        wait_for(lambda: _has_default_sa(api_client, other), f"ServiceAccount in {other}")
+        wait_for_default_service_account(client.CoreV1Api(api_client), other)
         create_slmd(api_client, other, "ignored", spec)
         create_slmd(api_client, namespace, "watched", spec)
         wait_condition(api_client, namespace, "watched", "Ready", "True")
@@ -316,14 +316,6 @@ def test_an_operator_limited_to_namespaces_ignores_the_others(
         scoped.stop()
         client.CoreV1Api(api_client).delete_namespace(other)
         operator.start()
-
-
-def _has_default_sa(api_client: client.ApiClient, namespace: str) -> bool:
-    try:
-        client.CoreV1Api(api_client).read_namespaced_service_account("default", namespace)
-    except ApiException:
-        return False
-    return True
 
 
 # --- validation and runtime failures -----------------------------------------------------

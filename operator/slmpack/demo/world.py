@@ -225,8 +225,9 @@ def ensure_namespace(api: client.ApiClient, name: str) -> None:
     except ApiException as exc:
         if exc.status != 409:
             raise
-    # Pods are refused until the controller-manager has made the default ServiceAccount.
-    deadline = time.monotonic() + 30
+    # Pods are refused until the controller-manager has made the default ServiceAccount (within
+    # a second when idle, over 20 s on a busy 2-core machine).
+    deadline = time.monotonic() + 90
     while True:
         try:
             core.read_namespaced_service_account("default", name)
