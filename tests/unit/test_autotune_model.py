@@ -67,25 +67,7 @@ def test_without_measurements_the_model_is_the_prior() -> None:
 
 def _windows(packing: Packing, speed: float, count: int) -> MeasuredPoint:
     """`count` windows of a packing that runs `speed` times as fast as the prior says."""
-    point = PRIOR.get(packing)
-    assert point is not None
-    running = 0.5 * point.batch_per_replica
-    # Generated tokens/s per replica = running / step, and the true step is prior / speed.
-    per_replica = running / (point.step_s(running) / speed)
-    window = WindowMeasurement(
-        output_tokens_per_s_per_gpu=per_replica * packing.replicas_per_gpu,
-        total_tokens_per_s_per_gpu=per_replica * packing.replicas_per_gpu * 1.38,
-        running_per_replica=running,
-        output_tokens_per_s_per_replica=per_replica,
-        watts_per_gpu=None,
-        ttft_p99_s=None,
-        itl_p99_s=None,
-        slo_met=None,
-    )
-    measured: tuple[MeasuredPoint, ...] = ()
-    for _ in range(count):
-        measured = record(measured, packing, point, window, cap=30, min_running=1.0)
-    return measured[0]
+    return _at_batches(packing, {0.5: speed}, count)
 
 
 def test_a_measured_packing_corrects_itself_and_its_neighbours() -> None:

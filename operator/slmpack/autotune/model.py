@@ -622,14 +622,39 @@ def _posterior(
     return marginals, _Posterior(covariance, config.noise_sd)
 
 
-def _speed_ratios(point: PriorPoint, loads: Sequence[LoadStats]) -> tuple[float, float] | None:
-    pairs = []
+def _bucket_speed_ratios(
+    point: PriorPoint, loads: Sequence[LoadStats]
+) -> list[tuple[float, float, float]]:
+    """(running batch, log speed ratio, windows) of every bucket with a step measured."""
+    out = []
     for s in loads:
         running, step = s.running_per_replica.get(), s.step_s.get()
         if running is None or step is None or step <= 0:
             continue
-        pairs.append((math.log(point.step_s(running) / step), s.step_s.count))
-    return _weighted_mean(pairs)
+        out.append((running, math.log(point.step_s(running) / step), s.step_s.count))
+    return out
+
+
+def _speed_ratios(point: PriorPoint, loads: Sequence[LoadStats]) -> tuple[float, float] | None:
+    return _weighted_mean((ratio, count) for _, ratio, count in _bucket_speed_ratios(point, loads))
+
+
+def least_squares_line(
+    xs: Sequence[float], ys: Sequence[float], weights: Sequence[float] | None = None
+) -> tuple[float, float, float, float] | None:
+    """(x mean, y mean, slope, weighted sum of squared x deviations) of the weighted
+    least-squares line through the points; None when the xs do not vary."""
+    ws = list(weights) if weights is not None else [1.0] * len(xs)
+    total = sum(ws)
+    if total <= 0:
+        return None
+    x_mean = sum(w * x for w, x in zip(ws, xs, strict=True)) / total
+    y_mean = sum(w * y for w, y in zip(ws, ys, strict=True)) / total
+    sxx = sum(w * (x - x_mean) ** 2 for w, x in zip(ws, xs, strict=True))
+    if sxx <= 0:
+        return None
+    sxy = sum(w * (x - x_mean) * (y - y_mean) for w, x, y in zip(ws, xs, ys, strict=True))
+    return x_mean, y_mean, sxy / sxx, sxx
 
 
 def _saturation_ratio(point: PriorPoint, loads: Sequence[LoadStats], config: ModelConfig) -> float:
@@ -643,21 +668,16 @@ def _saturation_ratio(point: PriorPoint, loads: Sequence[LoadStats], config: Mod
     to the saturated one, gives the correction when its slope is clearly negative and the
     batches span enough; otherwise none. It only ever lowers the capacity.
     """
-    xs, ys, ws = [], [], []
-    for s in loads:
-        running, step = s.running_per_replica.get(), s.step_s.get()
-        if running is None or step is None or step <= 0 or running <= 0:
-            continue
-        xs.append(math.log(running))
-        ys.append(math.log(point.step_s(running) / step))
-        ws.append(s.step_s.count / config.speed.noise_sd**2)
+    buckets = _bucket_speed_ratios(point, loads)
+    xs = [math.log(running) for running, _, _ in buckets]
     if len(xs) < 2 or max(xs) - min(xs) < math.log(config.min_saturation_batch_span_ratio):
         return 1.0
-    total = sum(ws)
-    x_mean = sum(w * x for w, x in zip(ws, xs, strict=True)) / total
-    y_mean = sum(w * y for w, y in zip(ws, ys, strict=True)) / total
-    sxx = sum(w * (x - x_mean) ** 2 for w, x in zip(ws, xs, strict=True))
-    slope = sum(w * (x - x_mean) * (y - y_mean) for w, x, y in zip(ws, xs, ys, strict=True)) / sxx
+    # Weights are inverse variances, so the slope's standard error is 1 / sqrt(sxx).
+    weights = [count / config.speed.noise_sd**2 for _, _, count in buckets]
+    line = least_squares_line(xs, [ratio for _, ratio, _ in buckets], weights)
+    if line is None:
+        return 1.0
+    x_mean, _, slope, sxx = line
     if slope >= -config.saturation_slope_z / math.sqrt(sxx):
         return 1.0
     top = math.log(max(point.batch_per_replica, 1.0))

@@ -34,7 +34,7 @@ docs/autotune.md):
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -53,6 +53,7 @@ from slmpack.autotune.model import (
     RunningMean,
     WindowMeasurement,
     fit,
+    least_squares_line,
     record,
 )
 from slmpack.autotune.signals import Signal
@@ -553,14 +554,18 @@ def _rising(history: Sequence[tuple[float, float]], z: float) -> bool:
         return False
     ts = [t for t, _ in history]
     ys = [d for _, d in history]
-    t_mean, y_mean = sum(ts) / len(ts), sum(ys) / len(ys)
-    sxx = sum((t - t_mean) ** 2 for t in ts)
-    if sxx <= 0:
+    line = least_squares_line(ts, ys)
+    if line is None:
         return False
-    slope = sum((t - t_mean) * (y - y_mean) for t, y in zip(ts, ys, strict=True)) / sxx
+    t_mean, y_mean, slope, stt = line
     residual = sum((y - y_mean - slope * (t - t_mean)) ** 2 for t, y in zip(ts, ys, strict=True))
-    se = math.sqrt(residual / (len(ts) - 2) / sxx)
+    se = math.sqrt(residual / (len(ts) - 2) / stt)
     return slope > z * se if se > 0 else slope > 0
+
+
+def _utilisation(obs: Observation, estimate: Estimate, config: PolicyConfig) -> float:
+    """Demand over the capacity at saturation of the GPUs that run."""
+    return _demand(obs, config) / obs.running.gpus / estimate.saturated_capacity_tokens_per_s()
 
 
 def _occupancy(obs: Observation, estimate: Estimate) -> float:
@@ -671,7 +676,7 @@ class _Pass:
         self.estimate = estimate
         self.demand = _demand(obs, config)
         self.gpus = self.running.gpus
-        self.utilisation = self.demand / self.gpus / estimate.saturated_capacity_tokens_per_s()
+        self.utilisation = _utilisation(obs, estimate, config)
         self.saturated = (obs.requests_waiting or 0.0) / max(
             self.running.replicas, 1
         ) >= config.saturated_waiting_per_replica
@@ -925,16 +930,28 @@ class _Pass:
                    default=None)  # fmt: skip
         if best is None or gains[best.packing] < config.repack_gain_ratio:
             return None
-        exploring = best.estimate.windows < config.min_windows_to_compare
+        gain = gains[best.packing]
+        return self.repack_to(
+            best,
+            gain,
+            lambda verb: (
+                f"{why}; {verb} {best.packing.key} instead of {back.packing.key}, "
+                f"expected {gain:.0%} better than it"
+            ),
+        )
+
+    def repack_to(self, option: _Option, gain: float, describe: Callable[[str], str]) -> Decision:
+        """A repack to `option`, an exploration while it is unmeasured; `describe` writes the
+        message around the verb ("trying" or "moving to")."""
+        exploring = option.estimate.windows < self.config.min_windows_to_compare
         return self.decision(
             Action.REPACK,
             Reason.EXPLORING if exploring else Reason.BETTER_PACKING,
-            f"{why}; {'trying' if exploring else 'moving to'} {best.packing.key} instead of "
-            f"{back.packing.key}, expected {gains[best.packing]:.0%} better than it",
-            best.packing,
-            best.replicas,
+            describe("trying" if exploring else "moving to"),
+            option.packing,
+            option.replicas,
             exploring=exploring,
-            gain=gains[best.packing],
+            gain=gain,
         )
 
     def repack_blocker(self) -> str | None:
@@ -1046,18 +1063,14 @@ class _Pass:
         gain = gains[best.packing]
         if gain < self.config.repack_gain_ratio:
             return None
-        exploring = best.estimate.windows < self.config.min_windows_to_compare
-        verb = "trying" if exploring else "moving to"
         objective = self.spec.objective.value.lower()
-        return self.decision(
-            Action.REPACK,
-            Reason.EXPLORING if exploring else Reason.BETTER_PACKING,
-            f"{verb} {best.packing.key} on {best.gpus} GPUs: expected {gain:.0%} better "
-            f"{objective} than {self.packing.key}, within the SLO",
-            best.packing,
-            best.replicas,
-            exploring=exploring,
-            gain=gain,
+        return self.repack_to(
+            best,
+            gain,
+            lambda verb: (
+                f"{verb} {best.packing.key} on {best.gpus} GPUs: expected {gain:.0%} "
+                f"better {objective} than {self.packing.key}, within the SLO"
+            ),
         )
 
     def scale_in(self) -> Decision | None:
@@ -1221,8 +1234,7 @@ def tune(
     if fresh:
         estimate = model.get(running.packing)
         assert estimate is not None
-        load = _demand(obs, config) / running.gpus / estimate.saturated_capacity_tokens_per_s()
-        hot = load > config.scale_up_utilisation_ratio
+        hot = _utilisation(obs, estimate, config) > config.scale_up_utilisation_ratio
         hot = hot or _occupancy(obs, estimate) > config.scale_up_occupancy_ratio
         state = replace(state, hot_windows=state.hot_windows + 1 if hot else 0)
     current = _Pass(state, obs, model, spec, config, now_s)
